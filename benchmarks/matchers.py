@@ -1,0 +1,349 @@
+"""Compare the SIFT backends (OpenCV vs kornia) on the posed scenes: speed, matches, GT consistency, pose AUC.
+
+For every selected pair of every selected PINHOLE scene (``<data>/<scene>/pairs.txt``, sub-sampled at random with a
+fixed seed), each backend extracts RootSIFT features once per image (single thread, timed), matches them with the
+same mutual-NN + ratio test, and the matches are scored against the ground truth of ``sparse/``:
+
+* GT-consistent fraction: share of matches with Sampson error < ``--gt-threshold`` px under the GT essential matrix
+  (Sampson distance on normalized coordinates times the mean focal length of the pair);
+* pose AUC@5/10/20 deg: PoseLib's ``estimate_relative_pose`` (LO-RANSAC + refinement, same options for both
+  backends), pose error = max(rotation angle error, unsigned translation angle error), failure = 180 deg, AUC as the
+  exact area under the recall curve (SuperGlue's ``pose_auc``).
+
+Scenes with lens distortion (OPENCV, RADIAL, ...) are skipped: keypoints would need undistorting first.
+
+Usage::
+
+    python benchmarks/matchers.py --scenes castle,buddha,kitti06,dino --max-pairs-per-scene 20 --workers 2
+
+The markdown report goes to stdout and to ``benchmarks/results/matchers.md`` (``--output``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_DATA = Path("/work/shared/data/scenes")
+DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "matchers.md"
+AUC_THRESHOLDS = (5.0, 10.0, 20.0)
+BACKENDS = ("sift-opencv", "sift-kornia")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ground truth (tiny COLMAP text reader: mbp_cli.io.colmap is written separately)
+
+
+@dataclass
+class Camera:
+    """A PINHOLE camera; ``K`` uses the pixel-centre-at-(0, 0) convention (COLMAP's cx, cy minus 0.5)."""
+
+    model: str
+    width: int
+    height: int
+    params: np.ndarray
+
+    @property
+    def K(self) -> np.ndarray:
+        fx, fy, cx, cy = self.params[:4]
+        return np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
+
+    def poselib_dict(self) -> dict:
+        fx, fy, cx, cy = self.params[:4]
+        return {"model": "PINHOLE", "width": self.width, "height": self.height, "params": [fx, fy, cx - 0.5, cy - 0.5]}
+
+
+def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
+    """Rotation matrix of a Hamilton quaternion (w, x, y, z) (normalised first)."""
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+        ]
+    )
+
+
+def read_cameras(path: Path) -> dict[int, Camera]:
+    cameras = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        cameras[int(parts[0])] = Camera(parts[1], int(parts[2]), int(parts[3]), np.array(parts[4:], dtype=float))
+    return cameras
+
+
+def read_images(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
+    """name -> (R, t, camera_id) world-to-camera. images.txt alternates pose lines and (here empty) point lines."""
+    images = {}
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    for line in lines[::2]:
+        parts = line.split()
+        if len(parts) < 10:
+            continue
+        q = np.array(parts[1:5], dtype=float)
+        t = np.array(parts[5:8], dtype=float)
+        images[" ".join(parts[9:])] = (quaternion_to_rotation(q), t, int(parts[8]))
+    return images
+
+
+def skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def sampson_pixels(E: np.ndarray, K0: np.ndarray, K1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray) -> np.ndarray:
+    """Sampson distance (method.md section 0) on normalized coordinates, times the mean focal length -> pixels."""
+    x0 = np.linalg.solve(K0, np.c_[kp0, np.ones(len(kp0))].T)  # (3, N)
+    x1 = np.linalg.solve(K1, np.c_[kp1, np.ones(len(kp1))].T)
+    Ex0 = E @ x0
+    Etx1 = E.T @ x1
+    num = np.sum(x1 * Ex0, axis=0) ** 2
+    den = Ex0[0] ** 2 + Ex0[1] ** 2 + Etx1[0] ** 2 + Etx1[1] ** 2
+    focal = (K0[0, 0] + K0[1, 1] + K1[0, 0] + K1[1, 1]) / 4.0
+    return np.sqrt(num / np.maximum(den, 1e-300)) * focal
+
+
+def angle_deg(R: np.ndarray) -> float:
+    return math.degrees(math.acos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def pose_error(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray) -> float:
+    """max(rotation error, unsigned translation direction error), degrees."""
+    err_r = angle_deg(R_est @ R_gt.T)
+    cos = np.dot(t_est, t_gt) / max(np.linalg.norm(t_est) * np.linalg.norm(t_gt), 1e-15)
+    err_t = math.degrees(math.acos(np.clip(cos, -1.0, 1.0)))
+    return max(err_r, min(err_t, 180.0 - err_t))
+
+
+def pose_auc(errors: list[float], thresholds: tuple[float, ...] = AUC_THRESHOLDS) -> list[float]:
+    """Exact area under the recall-vs-error curve up to each threshold, normalised to [0, 100]."""
+    errs = np.sort(np.asarray(errors, dtype=float))
+    recall = np.arange(1, len(errs) + 1) / len(errs)
+    errs = np.r_[0.0, errs]
+    recall = np.r_[0.0, recall]
+    aucs = []
+    for thr in thresholds:
+        last = int(np.searchsorted(errs, thr))
+        r = np.r_[recall[:last], recall[last - 1]]
+        e = np.r_[errs[:last], thr]
+        aucs.append(100.0 * float(np.trapezoid(r, x=e)) / thr)
+    return aucs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One scene, both backends (runs in a worker process, single-threaded)
+
+
+@dataclass
+class PairResult:
+    backend: str
+    scene: str
+    pair: tuple[str, str]
+    matches: int
+    gt_consistent: int
+    pose_error: float
+    match_time: float
+    pose_time: float
+
+
+@dataclass
+class SceneResult:
+    scene: str
+    pairs: int
+    extraction: dict[str, list[float]] = field(default_factory=dict)  # backend -> seconds per image
+    features: dict[str, list[int]] = field(default_factory=dict)  # backend -> keypoints per image
+    results: list[PairResult] = field(default_factory=list)
+
+
+def run_scene(scene_dir: Path, pairs: list[tuple[str, str]], args: argparse.Namespace) -> SceneResult:
+    # one thread per process: the timings are single-thread figures, and --workers processes share the cores
+    import cv2
+    import poselib
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    from mbp_cli.matching import create_matcher
+
+    cameras = read_cameras(scene_dir / "sparse" / "cameras.txt")
+    images = read_images(scene_dir / "sparse" / "images.txt")
+    names = sorted({name for pair in pairs for name in pair})
+    out = SceneResult(scene_dir.name, len(pairs))
+    for backend in args.backends:
+        matcher = create_matcher(backend, num_features=args.num_features, ratio=args.ratio, resize=args.resize)
+        features = {}
+        out.extraction[backend] = []
+        out.features[backend] = []
+        for name in names:
+            image = cv2.imread(str(scene_dir / "images" / name), cv2.IMREAD_GRAYSCALE)
+            start = time.perf_counter()
+            features[name] = matcher.extract(image)
+            out.extraction[backend].append(time.perf_counter() - start)
+            out.features[backend].append(len(features[name]))
+        for name0, name1 in pairs:
+            R0, t0, c0 = images[name0]
+            R1, t1, c1 = images[name1]
+            cam0, cam1 = cameras[c0], cameras[c1]
+            R_gt = R1 @ R0.T
+            t_gt = t1 - R_gt @ t0
+            E_gt = skew(t_gt / np.linalg.norm(t_gt)) @ R_gt
+
+            start = time.perf_counter()
+            matches = matcher.match(features[name0], features[name1])
+            match_time = time.perf_counter() - start
+            kp0 = matches.keypoints0.numpy()
+            kp1 = matches.keypoints1.numpy()
+            consistent = int((sampson_pixels(E_gt, cam0.K, cam1.K, kp0, kp1) < args.gt_threshold).sum()) if len(kp0) else 0
+
+            start = time.perf_counter()
+            err = 180.0
+            if len(kp0) >= 5:
+                ransac = {"max_epipolar_error": args.threshold, "seed": args.seed}
+                pose, info = poselib.estimate_relative_pose(kp0, kp1, cam0.poselib_dict(), cam1.poselib_dict(), ransac, {})
+                if info.get("num_inliers", 0) >= 5:
+                    err = pose_error(np.asarray(pose.R), np.asarray(pose.t), R_gt, t_gt)
+            pose_time = time.perf_counter() - start
+            out.results.append(
+                PairResult(backend, scene_dir.name, (name0, name1), len(kp0), consistent, err, match_time, pose_time)
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def summarise(rows: list[PairResult], extraction: list[float], features: list[int]) -> dict[str, float]:
+    errors = [r.pose_error for r in rows]
+    matches = np.array([r.matches for r in rows], dtype=float)
+    consistent = np.array([r.gt_consistent for r in rows], dtype=float)
+    auc5, auc10, auc20 = pose_auc(errors)
+    return {
+        "pairs": len(rows),
+        "images": len(extraction),
+        "extract_s": float(np.mean(extraction)),
+        "features": float(np.mean(features)),
+        "matches_median": float(np.median(matches)),
+        "matches_mean": float(np.mean(matches)),
+        "consistent_fraction": float(np.mean(np.where(matches > 0, consistent / np.maximum(matches, 1), 0.0))),
+        "consistent_mean": float(np.mean(consistent)),
+        "auc5": auc5,
+        "auc10": auc10,
+        "auc20": auc20,
+        "median_error": float(np.median(errors)),
+        "failures": int(sum(e >= 180.0 for e in errors)),
+        "match_ms": 1000.0 * float(np.mean([r.match_time for r in rows])),
+        "pose_ms": 1000.0 * float(np.mean([r.pose_time for r in rows])),
+    }
+
+
+def markdown(scenes: list[SceneResult], args: argparse.Namespace, command: str, skipped: list[str], wall: float) -> str:
+    header = (
+        "| backend | scene | pairs | images | extract s/img (1 thread) | features/img | matches median (mean) "
+        "| GT-consistent frac | GT-consistent/pair | AUC@5 | AUC@10 | AUC@20 | median err deg | failures "
+        "| match ms/pair | PoseLib ms/pair |"
+    )
+    lines = [
+        "# SIFT backends: OpenCV vs kornia",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Settings: {args.num_features} features, ratio {args.ratio}, mutual NN, RootSIFT, "
+        f"resize={'full resolution' if args.resize is None else f'long side {args.resize} px'} for both backends; "
+        f"GT-consistent = Sampson error < {args.gt_threshold} px under the GT essential matrix; pose by "
+        f"poselib.estimate_relative_pose (max_epipolar_error {args.threshold} px, seed {args.seed}); "
+        "pose error = max(rotation, unsigned translation angle), failure = 180 deg; AUC = exact integral "
+        "(SuperGlue pose_auc), in %. Pairs: random sample of pairs.txt "
+        f"(seed {args.seed}, at most {args.max_pairs_per_scene} per scene). Timings: torch and OpenCV at 1 thread, "
+        f"{args.workers} worker process(es) in parallel (one scene each) on a {os.cpu_count()}-core CPU; "
+        f"total wall time {wall / 60:.1f} min.",
+    ]
+    if skipped:
+        lines += ["", "Skipped (not PINHOLE or not found): " + ", ".join(skipped)]
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for backend in args.backends:
+        all_rows, all_ext, all_feat = [], [], []
+        for scene in scenes:
+            rows = [r for r in scene.results if r.backend == backend]
+            all_rows += rows
+            all_ext += scene.extraction[backend]
+            all_feat += scene.features[backend]
+            lines.append(_row(backend, scene.scene, summarise(rows, scene.extraction[backend], scene.features[backend])))
+        lines.append(_row(backend, "**all**", summarise(all_rows, all_ext, all_feat)))
+    return "\n".join(lines) + "\n"
+
+
+def _row(backend: str, scene: str, s: dict[str, float]) -> str:
+    return (
+        f"| {backend} | {scene} | {s['pairs']} | {s['images']} | {s['extract_s']:.2f} | {s['features']:.0f} "
+        f"| {s['matches_median']:.0f} ({s['matches_mean']:.0f}) | {s['consistent_fraction']:.3f} "
+        f"| {s['consistent_mean']:.0f} | {s['auc5']:.1f} | {s['auc10']:.1f} | {s['auc20']:.1f} "
+        f"| {s['median_error']:.2f} | {s['failures']} | {s['match_ms']:.0f} | {s['pose_ms']:.0f} |"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of scenes in COLMAP text layout")
+    parser.add_argument("--scenes", default="castle,buddha,kitti06,dino", help="comma-separated scene names")
+    parser.add_argument("--max-pairs-per-scene", type=int, default=20)
+    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated matcher names")
+    parser.add_argument("--num-features", type=int, default=8000)
+    parser.add_argument("--ratio", type=float, default=0.8)
+    parser.add_argument("--resize", type=int, default=None, help="long side for detection (default: full resolution)")
+    parser.add_argument("--threshold", type=float, default=1.0, help="PoseLib max epipolar error, px")
+    parser.add_argument("--gt-threshold", type=float, default=1.0, help="Sampson error for a GT-consistent match, px")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1, help="scenes processed in parallel, one thread each")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    args = parser.parse_args(argv)
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *(argv or sys.argv[1:])])
+    jobs, skipped = [], []
+    for scene in [s.strip() for s in args.scenes.split(",") if s.strip()]:
+        scene_dir = args.data / scene
+        cameras_txt = scene_dir / "sparse" / "cameras.txt"
+        if not cameras_txt.is_file() or any(c.model != "PINHOLE" for c in read_cameras(cameras_txt).values()):
+            skipped.append(scene)
+            continue
+        pairs = [tuple(line.split()[:2]) for line in (scene_dir / "pairs.txt").read_text().splitlines() if line.strip()]
+        pairs = random.Random(args.seed).sample(pairs, min(args.max_pairs_per_scene, len(pairs)))
+        jobs.append((scene_dir, sorted(pairs)))
+
+    start = time.perf_counter()
+    if args.workers > 1:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            futures = [pool.submit(run_scene, scene_dir, pairs, args) for scene_dir, pairs in jobs]
+            scenes = [f.result() for f in futures]
+    else:
+        scenes = [run_scene(scene_dir, pairs, args) for scene_dir, pairs in jobs]
+    report = markdown(scenes, args, command, skipped, time.perf_counter() - start)
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

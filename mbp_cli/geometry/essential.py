@@ -1,0 +1,159 @@
+"""Essential-matrix geometry: construction, Sampson error, decomposition and cheirality.
+
+Convention (whole package): a pair is (image 0, image 1); the relative pose maps camera-0 coordinates to
+camera-1 coordinates, ``X1 = R X0 + t``; ``E = [t]x R`` so that ``x1^T E x0 = 0`` for normalized image
+coordinates ``x = K^-1 [u, v, 1]^T`` (after undistortion). All functions are batched and keep the dtype and
+device of their inputs; the robust estimator works in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mbp_cli.geometry.rotation import rotation_angle, skew
+
+
+def essential_from_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``E = [t]x R``.
+
+    Args:
+        R: (..., 3, 3) rotations cam1_from_cam0.
+        t: (..., 3) translations cam1_from_cam0 (any norm; E scales with it).
+
+    Returns:
+        (..., 3, 3) essential matrices.
+    """
+    return skew(t) @ R
+
+
+def homogeneous(x: torch.Tensor) -> torch.Tensor:
+    """(..., 2) -> (..., 3) by appending ones."""
+    return torch.cat([x, torch.ones_like(x[..., :1])], -1)
+
+
+def sampson_squared(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """Squared Sampson distances of correspondences to each essential matrix.
+
+    ``d^2 = (x1^T E x0)^2 / ((E x0)_1^2 + (E x0)_2^2 + (E^T x1)_1^2 + (E^T x1)_2^2)``, in the squared units of
+    the normalized coordinates (multiply by a focal length squared for pixels^2).
+
+    Args:
+        E: (H, 3, 3) hypotheses.
+        x0: (N, 2) normalized points in image 0, or (H, N, 2) per-hypothesis points.
+        x1: (N, 2) or (H, N, 2) normalized points in image 1.
+
+    Returns:
+        (H, N) squared distances. A zero denominator (a point at an epipole of a degenerate E) gives +inf
+        rather than NaN so that it counts as an outlier.
+    """
+    X0 = homogeneous(x0)
+    X1 = homogeneous(x1)
+    if X0.dim() == 2:
+        # Shared points: two plain matmuls, much faster on CPU than the equivalent einsum.
+        H = E.shape[0]
+        Ex0 = (E.reshape(3 * H, 3) @ X0.T).view(H, 3, -1)
+        Etx1 = (E.transpose(1, 2)[:, :2].reshape(2 * H, 3) @ X1.T).view(H, 2, -1)
+        X1t = X1.T
+    else:
+        Ex0 = torch.einsum("hij,hnj->hin", E, X0)
+        Etx1 = torch.einsum("hji,hnj->hin", E, X1)[:, :2]
+        X1t = X1.transpose(1, 2)
+    num = (Ex0 * X1t).sum(-2)
+    den = Ex0[:, :2].square().sum(-2) + Etx1.square().sum(-2)
+    d2 = num.square() / den
+    return torch.where(den > 0, d2, torch.full_like(d2, float("inf")))
+
+
+def decompose_essential(E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The four (R, t) factorisations of essential matrices.
+
+    Args:
+        E: (..., 3, 3) essential matrices (any scale and sign).
+
+    Returns:
+        R: (..., 4, 3, 3) rotations, ordered (Ra, Ra, Rb, Rb).
+        t: (..., 4, 3) unit translations, ordered (+t, -t, +t, -t).
+    """
+    U, _, Vh = torch.linalg.svd(E)
+    # Force proper rotations: flipping the sign of U or V only flips the sign of E, which leaves the
+    # epipolar constraint unchanged.
+    U = U * torch.sign(torch.det(U))[..., None, None]
+    Vh = Vh * torch.sign(torch.det(Vh))[..., None, None]
+    W = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=E.dtype, device=E.device)
+    Ra = U @ W @ Vh
+    Rb = U @ W.transpose(0, 1) @ Vh
+    t = U[..., :, 2]
+    R = torch.stack([Ra, Ra, Rb, Rb], -3)
+    T = torch.stack([t, -t, t, -t], -2)
+    return R, T
+
+
+def triangulated_depths(
+    R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depths of the two-ray linear triangulation of each correspondence in both cameras.
+
+    Solves ``d1 x1 = d0 R x0 + t`` in least squares for (d0, d1) per point (the two-ray closest-point
+    equations), which is exact for noise-free data and well-behaved for noisy data.
+
+    Args:
+        R: (..., 3, 3), t: (..., 3) candidate poses.
+        x0, x1: (N, 2) normalized points.
+
+    Returns:
+        depth0, depth1: (..., N) depths along the rays in camera 0 and camera 1.
+    """
+    X0 = homogeneous(x0)
+    X1 = homogeneous(x1)
+    a = torch.einsum("...ij,nj->...ni", R, X0)  # R x0, (..., N, 3)
+    b = X1.expand(a.shape)
+    # Normal equations of min |d0 a - d1 b + t|^2 over (d0, d1).
+    aa = (a * a).sum(-1)
+    bb = (b * b).sum(-1)
+    ab = (a * b).sum(-1)
+    at = (a * t.unsqueeze(-2)).sum(-1)
+    bt = (b * t.unsqueeze(-2)).sum(-1)
+    det = aa * bb - ab * ab
+    det = torch.where(det.abs() > 1e-15, det, torch.full_like(det, 1e-15))
+    d0 = (-bb * at + ab * bt) / det
+    d1 = (aa * bt - ab * at) / det
+    return d0, d1
+
+
+def pose_from_essential(
+    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Choose, for each E, the (R, t) factorisation that puts most points in front of both cameras.
+
+    Args:
+        E: (H, 3, 3) essential matrices.
+        x0, x1: (N, 2) normalized points (typically the inliers of E).
+        weights: optional (H, N) weights (e.g. an inlier mask) of the points that vote.
+
+    Returns:
+        R: (H, 3, 3), t: (H, 3) with ``||t|| = 1``, and the (weighted) number of points in front (H,).
+    """
+    Rc, tc = decompose_essential(E)  # (H, 4, 3, 3), (H, 4, 3)
+    d0, d1 = triangulated_depths(Rc, tc, x0, x1)  # (H, 4, N)
+    front = ((d0 > 0) & (d1 > 0)).to(E.dtype)
+    if weights is not None:
+        front = front * weights.unsqueeze(1)
+    votes = front.sum(-1)  # (H, 4)
+    best = votes.argmax(-1)
+    idx = torch.arange(E.shape[0], device=E.device)
+    return Rc[idx, best], tc[idx, best], votes[idx, best]
+
+
+def rotation_error_deg(R_est: torch.Tensor, R_gt: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees of ``R_est R_gt^T`` (..., 3, 3) -> (...)."""
+    return torch.rad2deg(rotation_angle(R_est @ R_gt.transpose(-1, -2)))
+
+
+def translation_error_deg(t_est: torch.Tensor, t_gt: torch.Tensor) -> torch.Tensor:
+    """Unsigned angle in degrees between translation directions, ``min(theta, 180 - theta)`` (..., 3) -> (...).
+
+    Unsigned because E fixes t only up to sign before cheirality (evaluation protocol, method.md §8).
+    """
+    cos = (t_est * t_gt).sum(-1) / (t_est.norm(dim=-1) * t_gt.norm(dim=-1)).clamp_min(1e-300)
+    theta = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    return torch.minimum(theta, 180.0 - theta)

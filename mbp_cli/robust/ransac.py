@@ -1,0 +1,277 @@
+"""Batched RANSAC for the essential matrix in torch: sample -> 5-point -> score -> local optimisation -> LM.
+
+The loop draws minimal samples in batches, solves them all at once with the batched 5-point solver, scores
+every real root against every correspondence (MAGSAC++ or MSAC), runs local optimisation on each new best
+model, stops adaptively once the confidence is reached, and polishes the winner with robust
+Levenberg–Marquardt on the essential manifold.
+
+Convention: ``x1 = R x0 + t`` (cam1_from_cam0), ``||t|| = 1``, ``E = [t]x R``, ``x1^T E x0 = 0`` on
+normalized coordinates. Thresholds here are in normalized units; :mod:`mbp_cli.estimator` converts pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mbp_cli.geometry.essential import essential_from_pose, homogeneous, pose_from_essential, sampson_squared
+from mbp_cli.geometry.solver import SAMPLE_SIZE, five_point
+from mbp_cli.robust.refine import RefineOptions, refine_pose
+from mbp_cli.robust.samplers import ProsacSampler, Sampler, UniformSampler
+from mbp_cli.robust.scoring import msac_loss, robust_loss
+
+SAMPLERS = ("prosac", "uniform")
+SCORINGS = ("magsac", "msac")
+STATUSES = ("ok", "no_model", "degenerate")
+
+
+@dataclass(frozen=True)
+class RansacOptions:
+    """Options of the robust estimator (thresholds in pixels; converted with the mean focal length).
+
+    Attributes:
+        threshold_px: inlier threshold on the Sampson distance, pixels. Also the MAGSAC++ maximum threshold
+            and the robust scale of the refinement.
+        confidence: stop once a better model would have been found with this probability.
+        min_iterations / max_iterations: bounds on the number of minimal samples.
+        batch_size: minimal samples solved together in one batched 5-point call.
+        sampler: ``prosac`` (ordered by the per-match quality, e.g. minus the Lowe ratio) or ``uniform``.
+        scoring: ``magsac`` (MAGSAC++) or ``msac``.
+        local_optimization: refine each new best model on its inliers (LM with a truncated loss).
+        lo_iterations: LM iterations of one local optimisation.
+        final_refinement: robust LM on all correspondences at the end.
+        refine: options of the final LM.
+        min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
+            or no baseline) and the result is flagged ``degenerate``.
+        preview_points / preview_keep: preemptive scoring: each batch's models are ranked on this many random
+            correspondences and only the best ``preview_keep`` are scored on all of them.
+        seed: seed of the sampler's generator; equal seeds give identical results.
+    """
+
+    threshold_px: float = 1.0
+    confidence: float = 0.9999
+    min_iterations: int = 32
+    max_iterations: int = 10_000
+    batch_size: int = 64
+    sampler: str = "prosac"
+    scoring: str = "magsac"
+    local_optimization: bool = True
+    lo_iterations: int = 10
+    final_refinement: bool = True
+    refine: RefineOptions = field(default_factory=RefineOptions)
+    min_parallax_deg: float = 0.2
+    preview_points: int = 256
+    preview_keep: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (self.threshold_px > 0 and math.isfinite(self.threshold_px)):
+            raise ValueError(f"threshold must be a positive number of pixels, got {self.threshold_px}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.scoring not in SCORINGS:
+            raise ValueError(f"unknown scoring {self.scoring!r}; choose one of {', '.join(SCORINGS)}")
+        if not 1 <= self.min_iterations <= self.max_iterations:
+            raise ValueError("need 1 <= min_iterations <= max_iterations")
+
+
+@dataclass
+class EssentialResult:
+    """Outcome of :func:`ransac_essential`.
+
+    Attributes:
+        status: ``ok``, ``no_model`` (R, t, E are None) or ``degenerate`` (a model, flagged unreliable).
+        R: (3, 3) cam1_from_cam0 rotation; t: (3,) unit translation; E: (3, 3) = [t]x R, unit Frobenius norm.
+        inliers: (N,) bool, Sampson distance below the threshold.
+        score: the best model's robust loss (sum of normalised per-point losses; lower is better).
+        iterations: minimal samples drawn; models: real 5-point roots scored; lo_runs: local optimisations.
+        timings_ms: milliseconds per stage.
+    """
+
+    status: str
+    R: torch.Tensor | None
+    t: torch.Tensor | None
+    E: torch.Tensor | None
+    inliers: torch.Tensor
+    score: float
+    iterations: int
+    models: int
+    lo_runs: int
+    median_parallax_deg: float
+    timings_ms: dict[str, float]
+
+
+def required_iterations(inlier_ratio: float, confidence: float, sample_size: int = SAMPLE_SIZE) -> float:
+    """Samples needed to draw one all-inlier sample with probability ``confidence``."""
+    p_good = inlier_ratio**sample_size
+    if p_good <= 0.0:
+        return math.inf
+    if p_good >= 1.0:
+        return 0.0
+    return math.log(1.0 - confidence) / math.log1p(-p_good)
+
+
+def parallax_deg(R: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """Angle in degrees between the ray of x1 and the rotated ray ``R x0`` for each correspondence (N,)."""
+    a = homogeneous(x0) @ R.transpose(0, 1)
+    b = homogeneous(x1)
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+
+
+def _score_models(
+    E: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    x0_32: torch.Tensor,
+    x1_32: torch.Tensor,
+    threshold: float,
+    options: RansacOptions,
+    preview: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score a batch of models, returning the fully scored ones with their squared residuals and losses.
+
+    With many models, each is first scored with the cheap truncated quadratic on a random subset of
+    ``preview`` correspondences, and only the ``options.preview_keep`` most promising get the full robust
+    score on every correspondence (preemptive scoring, as in Nistér's preemptive RANSAC).
+    """
+    N = x0.shape[0]
+    if E.shape[0] > options.preview_keep and preview < N:
+        subset = torch.randperm(N, generator=gen)[:preview].to(x0.device)
+        r2_sub = sampson_squared(E.float(), x0_32[subset], x1_32[subset])
+        keep = msac_loss(r2_sub, threshold).sum(-1).topk(options.preview_keep, largest=False).indices
+        E = E[keep]
+    r2 = sampson_squared(E.float(), x0_32, x1_32)
+    return E, r2, robust_loss(options.scoring, r2, threshold).sum(-1)
+
+
+def _make_sampler(options: RansacOptions, num_points: int, quality: torch.Tensor | None, gen: torch.Generator) -> Sampler:
+    if options.sampler == "prosac" and quality is not None:
+        return ProsacSampler(quality, gen)
+    return UniformSampler(num_points, gen)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._start = 0.0
+
+    def __call__(self, stage: str) -> _Timer:
+        self._stage = stage
+        return self
+
+    def __enter__(self) -> None:
+        self._start = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ms[self._stage] = self.ms.get(self._stage, 0.0) + (time.perf_counter() - self._start) * 1e3
+
+
+def ransac_essential(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    threshold: float,
+    options: RansacOptions = RansacOptions(),
+    quality: torch.Tensor | None = None,
+    sampler: Sampler | None = None,
+) -> EssentialResult:
+    """Robustly estimate the essential matrix from normalized correspondences.
+
+    Args:
+        x0: (N, 2) normalized (undistorted, ``K^-1``-applied) points of image 0, float64.
+        x1: (N, 2) normalized points of image 1.
+        threshold: inlier threshold on the Sampson distance in normalized units (pixels / focal length).
+        options: see :class:`RansacOptions` (its ``threshold_px`` is not used here).
+        quality: optional (N,) per-correspondence quality (higher is better) for PROSAC ordering.
+        sampler: optional sampler overriding ``options.sampler`` (e.g. the learned Gumbel sampler).
+
+    Returns:
+        An :class:`EssentialResult`; ``status == "no_model"`` when fewer than 5 correspondences are given or
+        no sample produced a real solution. Deterministic for a given ``options.seed``.
+    """
+    timer = _Timer()
+    N = int(x0.shape[0])
+    x0 = x0.double()
+    x1 = x1.double()
+    empty = torch.zeros(N, dtype=torch.bool, device=x0.device)
+    if N < SAMPLE_SIZE:
+        return EssentialResult("no_model", None, None, None, empty, math.inf, 0, 0, 0, 0.0, timer.ms)
+
+    gen = torch.Generator(device="cpu").manual_seed(options.seed)
+    sampler = sampler or _make_sampler(options, N, quality, gen)
+    thr2 = threshold * threshold
+    # Scoring runs in float32 (ranking needs no more); geometry and refinement stay in float64.
+    x0_32, x1_32 = x0.float(), x1.float()
+    preview = min(N, options.preview_points)
+
+    best_E: torch.Tensor | None = None
+    best_R = best_t = None
+    best_score = math.inf
+    best_inliers = 0
+    needed = float(options.max_iterations)
+    iterations = models = lo_runs = 0
+    while iterations < options.max_iterations:
+        remaining = min(options.max_iterations, max(options.min_iterations, math.ceil(needed))) - iterations
+        if remaining <= 0:
+            break
+        batch = min(options.batch_size, max(remaining, 8))
+        with timer("sampling"):
+            idx = sampler.sample(batch).to(x0.device)
+        with timer("solver"):
+            E, valid = five_point(x0[idx], x1[idx])
+            E = E[valid]
+        iterations += batch
+        if E.shape[0] == 0:
+            continue
+        models += E.shape[0]
+        with timer("scoring"):
+            E, r2, scores = _score_models(E, x0, x1, x0_32, x1_32, threshold, options, preview, gen)
+            j = int(scores.argmin())
+            score_j = float(scores[j])
+        if score_j >= best_score:
+            continue
+        with timer("local_optimization"):
+            inl = r2[j] < thr2
+            R, t, _ = pose_from_essential(E[j : j + 1], x0[inl], x1[inl])
+            E_j, score = E[j], score_j
+            if options.local_optimization and int(inl.sum()) > SAMPLE_SIZE:
+                lo_runs += 1
+                lo = RefineOptions(max_iterations=options.lo_iterations, loss="truncated")
+                R_lo, t_lo, _ = refine_pose(R, t, x0, x1, threshold, lo)
+                E_lo = essential_from_pose(R_lo, t_lo)
+                r2_lo = sampson_squared(E_lo, x0, x1)
+                score_lo = float(robust_loss(options.scoring, r2_lo, threshold).sum())
+                if score_lo < score:
+                    R, t, E_j, score, inl = R_lo, t_lo, E_lo[0], score_lo, r2_lo[0] < thr2
+        best_E, best_R, best_t, best_score = E_j, R, t, score
+        best_inliers = int(inl.sum())
+        needed = required_iterations(best_inliers / N, options.confidence)
+
+    if best_E is None or best_R is None or best_t is None:
+        return EssentialResult("no_model", None, None, None, empty, math.inf, iterations, models, lo_runs, 0.0, timer.ms)
+
+    R, t = best_R, best_t
+    if options.final_refinement:
+        with timer("refinement"):
+            R_ref, t_ref, _ = refine_pose(R, t, x0, x1, threshold, options.refine)
+            r2_ref = sampson_squared(essential_from_pose(R_ref, t_ref), x0, x1)
+            score_ref = float(robust_loss(options.scoring, r2_ref, threshold).sum())
+            # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.
+            if score_ref <= best_score * 1.05 + 1e-9:
+                R, t, best_score = R_ref, t_ref, score_ref
+    with timer("scoring"):
+        E = essential_from_pose(R, t)[0]
+        E = E / E.norm()
+        inliers = sampson_squared(E[None], x0, x1)[0] < thr2
+        # Re-check cheirality on the final inliers: refinement keeps the branch, but a sign flip of t is free.
+        R_c, t_c, _ = pose_from_essential(E[None], x0[inliers], x1[inliers])
+        R, t = R_c[0], t_c[0]
+        parallax = float(parallax_deg(R, x0[inliers], x1[inliers]).median()) if bool(inliers.any()) else 0.0
+    status = "degenerate" if parallax < options.min_parallax_deg or int(inliers.sum()) < 2 * SAMPLE_SIZE else "ok"
+    return EssentialResult(status, R, t, essential_from_pose(R, t), inliers, best_score, iterations, models, lo_runs, parallax, timer.ms)
