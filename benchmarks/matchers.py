@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = random.Random(args.seed).sample(pairs, min(args.max_pairs_per_scene, len(pairs)))
         jobs.append((scene_dir, sorted(pairs)))
 
+    # largest scenes first, so that the worker processes finish at about the same time
+    jobs.sort(key=lambda job: -len({name for pair in job[1] for name in pair}))
     start = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:

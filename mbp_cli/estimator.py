@@ -65,6 +65,7 @@ def estimate_relative_pose(
     camera1: Camera,
     options: RansacOptions = RansacOptions(),
     quality: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[RelativePose | None, dict[str, Any]]:
     """Robustly estimate the relative pose of two calibrated views from pixel correspondences.
 
@@ -74,6 +75,7 @@ def estimate_relative_pose(
         camera0, camera1: calibrations of image 0 and image 1 (with lens distortion, if any).
         options: robust-estimation options; ``options.threshold_px`` is in pixels.
         quality: optional (N,) per-match quality (higher is better) for PROSAC, e.g. ``-ratio``.
+        device: where the estimator's tensors live (``cpu`` or ``cuda``).
 
     Returns:
         ``(pose, info)``: ``pose`` is None when no model was found. ``info`` holds ``status`` (``ok``,
@@ -85,8 +87,8 @@ def estimate_relative_pose(
     p1 = _as_tensor(points1, "points1")
     if p0.shape != p1.shape:
         raise ValueError(f"points0 and points1 differ in shape: {tuple(p0.shape)} vs {tuple(p1.shape)}")
-    x0 = camera0.pixels_to_normalized(p0)
-    x1 = camera1.pixels_to_normalized(p1)
+    x0 = camera0.pixels_to_normalized(p0).to(device)
+    x1 = camera1.pixels_to_normalized(p1).to(device)
     threshold = options.threshold_px / mean_focal(camera0, camera1)
     result = ransac_essential(x0, x1, threshold, options, quality=quality)
     n = int(p0.shape[0])

@@ -32,9 +32,9 @@ from mbp_cli.matching.types import Matches
 DEFAULT_NUM_FEATURES = 8000
 DEFAULT_RATIO = 0.8
 
-# Rows of desc0 compared at once: bounds the distance matrix to about 4096 x N1 float32 (128 MB for N1 = 8000)
-# whatever the number of features.
-_MATCH_CHUNK = 4096
+# Rows of desc0 compared at once: bounds the distance matrix to 512 x N1 (16 MB in float32 for N1 = 8000) whatever
+# the number of features; small blocks stay in cache (measured 0.47 s vs 1.0 s with 4096 rows, 8000 x 8000, 1 thread).
+_MATCH_CHUNK = 512
 
 
 @dataclass
@@ -83,8 +83,9 @@ def match_descriptors(
     applied in the 0 -> 1 direction only (as OpenCV's ``knnMatch`` + ratio + cross-check does).
 
     Distances come from ``|a|^2 + |b|^2 - 2 a.b`` (one matrix product), clamped at 0 before the square root since
-    rounding makes it slightly negative for (near-)identical descriptors. For unit-norm descriptors such as RootSIFT
-    this is ``2 - 2 a.b``. The distance matrix is built in chunks of rows, so memory stays bounded.
+    rounding makes it slightly negative for (near-)identical descriptors (the ranking uses the unclamped values).
+    For unit-norm descriptors such as RootSIFT this is ``2 - 2 a.b``. The distance matrix is built in chunks of
+    rows, so memory stays bounded.
 
     Args:
         desc0: (N0, D) descriptors of image 0 (any float dtype).
@@ -123,15 +124,18 @@ def match_descriptors(
     nn10 = torch.zeros(n1, dtype=torch.int64, device=device)  # nearest neighbour in image 0 of each column
     for start in range(0, n0, _MATCH_CHUNK):
         stop = min(start + _MATCH_CHUNK, n0)
-        dist_sq = (sq0[start:stop, None] + sq1[None, :] - 2.0 * (d0[start:stop] @ d1.T)).clamp_(min=0.0)
+        # one fused GEMM into a fresh buffer plus an in-place add: no full-size temporaries (2x faster than the
+        # naive expression at 8000 x 8000 on one thread)
+        dist_sq = torch.addmm(sq1[None, :], d0[start:stop], d1.T, alpha=-2.0).add_(sq0[start:stop, None])
         values, indices = torch.topk(dist_sq, k=2, dim=1, largest=False, sorted=True)
-        best_sq[start:stop] = values
+        best_sq[start:stop] = values.clamp(min=0.0)
         nn01[start:stop] = indices[:, 0]
-        chunk_best, chunk_arg = dist_sq.min(dim=0)
-        # strict < keeps the first (lowest) index on ties, as a single argmin over all rows would
-        better = chunk_best < col_best
-        col_best = torch.where(better, chunk_best, col_best)
-        nn10 = torch.where(better, chunk_arg + start, nn10)
+        if mutual:
+            chunk_best, chunk_arg = dist_sq.min(dim=0)
+            # strict < keeps the first (lowest) index on ties, as a single argmin over all rows would
+            better = chunk_best < col_best
+            col_best = torch.where(better, chunk_best, col_best)
+            nn10 = torch.where(better, chunk_arg + start, nn10)
 
     dist = best_sq.to(torch.float64).sqrt()
     ratios = torch.where(dist[:, 1] > 0, dist[:, 0] / dist[:, 1].clamp(min=torch.finfo(torch.float64).tiny), 1.0)

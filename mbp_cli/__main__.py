@@ -1,0 +1,3 @@
+from mbp_cli.cli import run
+
+run()

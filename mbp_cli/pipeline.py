@@ -1,0 +1,160 @@
+"""The product's main job on one pair: images + calibration -> matches -> robust pose, with timings.
+
+``mbp estimate`` is a thin wrapper over :func:`estimate_pair`; evaluation reuses the same function so that
+evaluated numbers are those users get.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from mbp_cli.errors import CalibrationError, ImageError, TooFewMatchesError
+from mbp_cli.estimator import RelativePose, estimate_relative_pose
+from mbp_cli.geometry.solver import SAMPLE_SIZE
+from mbp_cli.io.calibration import Camera
+from mbp_cli.io.images import check_pair_distinct, is_textureless, load_image
+from mbp_cli.matching import Matches, create_matcher
+from mbp_cli.robust.ransac import RansacOptions
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    """Everything that determines the result of :func:`estimate_pair`.
+
+    Attributes:
+        matcher: ``sift`` (default backend), ``sift-opencv``, ``sift-kornia`` or ``loftr``.
+        num_features: SIFT features per image at most.
+        ratio: Lowe ratio-test threshold of the SIFT matchers.
+        resize: long side in pixels of the images used for matching (None: full resolution). Keypoints are
+            mapped back to full resolution, so the calibration always refers to the stored images.
+        loftr_weights: LoFTR checkpoint path (else ``MBP_LOFTR_WEIGHTS`` or torch-hub's cache).
+        ransac: robust-estimation options (threshold in pixels).
+        device: ``cpu`` or ``cuda`` for the estimator.
+    """
+
+    matcher: str = "sift"
+    num_features: int = 8000
+    ratio: float = 0.8
+    resize: int | None = None
+    loftr_weights: str | None = None
+    ransac: RansacOptions = field(default_factory=RansacOptions)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PairResult:
+    """Outcome of :func:`estimate_pair` (``pose`` is None when ``info["status"] == "no_model"``)."""
+
+    image0: str
+    image1: str
+    camera0: Camera
+    camera1: Camera
+    matches: Matches
+    pose: RelativePose | None
+    info: dict[str, Any]
+    timings_ms: dict[str, float]
+
+    @property
+    def status(self) -> str:
+        return str(self.info["status"])
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is an error with a fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was given but no CUDA GPU is available; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _check_image_size(camera: Camera, image_shape: tuple[int, ...], which: str, path: str) -> None:
+    height, width = image_shape[:2]
+    if camera.width is not None and camera.height is not None and (camera.width, camera.height) != (width, height):
+        raise CalibrationError(
+            f"the calibration of {which} is for {camera.width}x{camera.height} pixels but {path} is {width}x{height}; "
+            "give the calibration of the stored image"
+        )
+
+
+def create_pair_matcher(config: EstimateConfig) -> Any:
+    """The matcher named by ``config`` with its options."""
+    if config.matcher == "loftr":
+        return create_matcher("loftr", weights_path=config.loftr_weights, **({"resize": config.resize} if config.resize else {}))
+    return create_matcher(config.matcher, num_features=config.num_features, ratio=config.ratio, resize=config.resize)
+
+
+def match_quality(matches: Matches) -> torch.Tensor | None:
+    """Per-match quality for PROSAC ordering: minus the Lowe ratio (SIFT) or the confidence (LoFTR)."""
+    if "ratio" in matches.side:
+        return -matches.side["ratio"]
+    if "confidence" in matches.side:
+        return matches.side["confidence"]
+    return None
+
+
+def estimate_pair(
+    image0: str | os.PathLike[str],
+    image1: str | os.PathLike[str],
+    camera0: Camera,
+    camera1: Camera,
+    config: EstimateConfig = EstimateConfig(),
+    matcher: Any = None,
+) -> PairResult:
+    """Match two images and estimate their relative pose ``x1 = R x0 + t``.
+
+    Args:
+        image0, image1: image paths (read as stored: no EXIF rotation).
+        camera0, camera1: their calibrations.
+        config: matcher and estimator settings.
+        matcher: an already built matcher to reuse across pairs (else built from ``config``).
+
+    Returns:
+        A :class:`PairResult` with per-stage timings (``load``, ``matching``, ``estimation`` and the
+        estimator's own stages).
+
+    Raises:
+        ImageError: a missing, unreadable, corrupt, identical or textureless image.
+        CalibrationError: a calibration whose image size does not match the image.
+        TooFewMatchesError: fewer matches than a minimal sample.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    img0 = load_image(image0)
+    img1 = load_image(image1)
+    check_pair_distinct(img0, img1, image0, image1)
+    for img, path in ((img0, image0), (img1, image1)):
+        if is_textureless(img):
+            raise ImageError(f"image {path} has no texture to match; use a textured view of the scene")
+    _check_image_size(camera0, img0.shape, "image 0", str(image0))
+    _check_image_size(camera1, img1.shape, "image 1", str(image1))
+    timings["load"] = (time.perf_counter() - start) * 1e3
+
+    start = time.perf_counter()
+    matcher = matcher or create_pair_matcher(config)
+    matches = matcher(img0, img1)
+    timings["matching"] = (time.perf_counter() - start) * 1e3
+    if len(matches) < SAMPLE_SIZE:
+        raise TooFewMatchesError(
+            f"only {len(matches)} matches between {image0} and {image1}, a pose needs at least {SAMPLE_SIZE}; "
+            "use images that overlap more, or loosen --ratio"
+        )
+
+    start = time.perf_counter()
+    pose, info = estimate_relative_pose(
+        matches.keypoints0, matches.keypoints1, camera0, camera1, config.ransac, quality=match_quality(matches),
+        device=resolve_device(config.device),
+    )
+    timings["estimation"] = (time.perf_counter() - start) * 1e3
+    timings["total"] = timings["load"] + timings["matching"] + timings["estimation"]
+    return PairResult(str(image0), str(image1), camera0, camera1, matches, pose, info, timings)
