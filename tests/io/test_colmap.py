@@ -33,7 +33,10 @@ def _random_quat(rng: np.random.Generator) -> np.ndarray:
 
 def _images_txt(poses: list[tuple[int, np.ndarray, np.ndarray, int, str]], points: bool = False) -> str:
     """images.txt text: per image a pose line and a points line (empty, or with a few points)."""
-    out = ["# Image list with two lines of data per image:", "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME"]
+    out = [
+        "# Image list with two lines of data per image:",
+        "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
+    ]
     for image_id, q, t, cam_id, name in poses:
         out.append(f"{image_id} " + " ".join(repr(float(v)) for v in (*q, *t)) + f" {cam_id} {name}")
         out.append("12.5 30.25 -1 100.0 7.0 42" if points else "")
@@ -261,7 +264,7 @@ def test_scene_errors(tmp_path: Path) -> None:
 def test_pycolmap_binary_model(tmp_path: Path) -> None:
     pycolmap = pytest.importorskip("pycolmap")
     src = tmp_path / "txt"
-    _make_scene(src, n=3)
+    _make_scene(src, n=4)
     rec = pycolmap.Reconstruction(str(src / "sparse"))
     out = tmp_path / "bin"
     (out / "sparse").mkdir(parents=True)

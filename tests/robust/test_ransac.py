@@ -1,0 +1,80 @@
+import math
+
+import pytest
+import torch
+
+from mbp_cli.geometry.essential import rotation_error_deg, translation_error_deg
+from mbp_cli.robust.ransac import RansacOptions, ransac_essential, required_iterations
+from synthetic import make_scene
+
+
+def test_exact_without_noise():
+    scene = make_scene(num_points=200)
+    res = ransac_essential(scene.x0, scene.x1, 1.0 / scene.focal, RansacOptions(sampler="uniform"))
+    assert res.status == "ok"
+    assert rotation_error_deg(res.R, scene.R) < 1e-6
+    assert translation_error_deg(res.t, scene.t) < 1e-6
+    assert torch.allclose(res.t, scene.t, atol=1e-8)  # cheirality gives the sign too
+    assert res.inliers.all()
+
+
+def test_recovers_pose_at_80_percent_outliers():
+    scene = make_scene(num_points=600, outlier_ratio=0.8, noise_px=0.5, seed=1)
+    options = RansacOptions(sampler="uniform", confidence=0.99, max_iterations=20_000)
+    res = ransac_essential(scene.x0, scene.x1, 1.0 / scene.focal, options)
+    assert res.status == "ok"
+    assert rotation_error_deg(res.R, scene.R) < 0.2
+    assert translation_error_deg(res.t, scene.t) < 1.0
+    found = res.inliers
+    recall = (found & scene.inlier).sum() / scene.inlier.sum()
+    precision = (found & scene.inlier).sum() / found.sum()
+    assert recall > 0.9 and precision > 0.9
+
+
+def test_prosac_with_informative_quality_needs_fewer_samples():
+    scene = make_scene(num_points=600, outlier_ratio=0.7, noise_px=0.5, seed=2)
+    quality = scene.inlier.double() + 0.5 * torch.rand(600, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    uniform = ransac_essential(scene.x0, scene.x1, 1e-3, RansacOptions(sampler="uniform", confidence=0.99))
+    prosac = ransac_essential(scene.x0, scene.x1, 1e-3, RansacOptions(sampler="prosac", confidence=0.99), quality=quality)
+    for res in (uniform, prosac):
+        assert rotation_error_deg(res.R, scene.R) < 0.2
+    # PROSAC's first samples come from the confident inliers, so the first batch already holds the model.
+    assert prosac.lo_runs >= 1 and prosac.timings_ms["solver"] > 0
+
+
+@pytest.mark.parametrize("scoring", ["magsac", "msac"])
+def test_deterministic_for_a_seed(scoring):
+    scene = make_scene(num_points=300, outlier_ratio=0.4, noise_px=1.0, seed=3)
+    options = RansacOptions(scoring=scoring, sampler="uniform", seed=7)
+    a = ransac_essential(scene.x0, scene.x1, 1e-3, options)
+    b = ransac_essential(scene.x0, scene.x1, 1e-3, options)
+    assert torch.equal(a.R, b.R) and torch.equal(a.t, b.t) and torch.equal(a.inliers, b.inliers)
+    assert rotation_error_deg(a.R, scene.R) < 0.3
+
+
+def test_too_few_points_is_no_model():
+    scene = make_scene(num_points=4)
+    res = ransac_essential(scene.x0, scene.x1, 1e-3)
+    assert res.status == "no_model" and res.R is None and res.inliers.shape == (4,)
+
+
+def test_pure_rotation_is_flagged_degenerate():
+    scene = make_scene(num_points=200, noise_px=0.3)
+    X = torch.cat([scene.x0, torch.ones(200, 1, dtype=torch.float64)], 1) @ scene.R.T
+    x1 = X[:, :2] / X[:, 2:]
+    res = ransac_essential(scene.x0, x1, 1e-3)
+    assert res.status == "degenerate"
+    assert res.median_parallax_deg < 0.2
+
+
+def test_required_iterations():
+    assert math.isclose(required_iterations(0.5, 0.99), math.log(0.01) / math.log(1 - 0.5**5))
+    assert required_iterations(1.0, 0.99) == 0.0
+    assert required_iterations(0.0, 0.99) == math.inf
+
+
+def test_options_validate():
+    with pytest.raises(ValueError, match="threshold"):
+        RansacOptions(threshold_px=-1)
+    with pytest.raises(ValueError, match="sampler"):
+        RansacOptions(sampler="gumbel?")

@@ -1,0 +1,84 @@
+import pytest
+import torch
+
+from mbp_cli.geometry.essential import essential_from_pose, rotation_error_deg, sampson_squared, translation_error_deg
+from mbp_cli.geometry.rotation import so3_exp
+from mbp_cli.robust.refine import (
+    RefineOptions,
+    _tangent_basis,
+    epipolar_design,
+    refine_pose,
+    robust_cost_and_weights,
+    sampson_residuals_and_jacobian,
+)
+from synthetic import make_scene
+
+
+def _perturbed(scene, rot=0.02, trans=0.05):
+    R0 = scene.R @ so3_exp(torch.tensor([rot, -rot, rot / 2], dtype=torch.float64))
+    t0 = scene.t + trans * torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64)
+    return R0, t0 / t0.norm()
+
+
+def test_residuals_are_signed_sampson_and_jacobian_matches_finite_differences():
+    scene = make_scene(num_points=60, noise_px=1.0)
+    R0, t0 = _perturbed(scene)
+    design = epipolar_design(scene.x0, scene.x1)
+    r, J = sampson_residuals_and_jacobian(R0[None], t0[None], design)
+    assert torch.allclose(r[0] ** 2, sampson_squared(essential_from_pose(R0, t0)[None], scene.x0, scene.x1)[0])
+    basis = _tangent_basis(t0[None])[0]
+
+    def residual(delta):
+        R = R0 @ so3_exp(delta[:3])
+        t = t0 + basis @ delta[3:]
+        return sampson_residuals_and_jacobian(R[None], (t / t.norm())[None], design)[0][0]
+
+    h = 1e-6
+    numeric = torch.stack(
+        [(residual(h * e) - residual(-h * e)) / (2 * h) for e in torch.eye(5, dtype=torch.float64)], -1
+    )
+    assert ((J[0] - numeric).norm() / numeric.norm()) < 1e-7
+
+
+def test_refinement_exact_without_noise_and_batched():
+    scene = make_scene(num_points=100)
+    starts = [_perturbed(scene, 0.01, 0.02), _perturbed(scene, 0.03, 0.1)]
+    R0 = torch.stack([s[0] for s in starts])
+    t0 = torch.stack([s[1] for s in starts])
+    R, t, cost = refine_pose(R0, t0, scene.x0, scene.x1, 1e-3)
+    assert rotation_error_deg(R, scene.R.expand(2, 3, 3)).max() < 1e-6
+    assert translation_error_deg(t, scene.t.expand(2, 3)).max() < 1e-6
+    assert torch.allclose(t.norm(dim=-1), torch.ones(2, dtype=torch.float64))
+    assert cost.max() < 1e-20
+
+
+@pytest.mark.parametrize("loss", ["cauchy", "truncated"])
+def test_refinement_robust_to_outliers_and_never_increases_cost(loss):
+    scene = make_scene(num_points=300, outlier_ratio=0.3, noise_px=0.5)
+    R0, t0 = _perturbed(scene, 0.003, 0.01)
+    threshold = 2.0 / scene.focal
+    _, before = refine_pose(R0[None], t0[None], scene.x0, scene.x1, threshold, RefineOptions(max_iterations=0, loss=loss))[1:]
+    R, t, after = refine_pose(R0[None], t0[None], scene.x0, scene.x1, threshold, RefineOptions(loss=loss))
+    assert after.item() <= before.item()
+    assert rotation_error_deg(R[0], scene.R) < 0.1
+    assert translation_error_deg(t[0], scene.t) < 0.5
+
+
+def test_huber_refinement_on_noisy_inliers():
+    # Huber is not redescending, so it is only robust to noise, not to gross outliers.
+    scene = make_scene(num_points=300, noise_px=0.5)
+    R0, t0 = _perturbed(scene, 0.003, 0.01)
+    R, t, _ = refine_pose(R0[None], t0[None], scene.x0, scene.x1, 1e-3, RefineOptions(loss="huber"))
+    assert rotation_error_deg(R[0], scene.R) < 0.1
+    assert translation_error_deg(t[0], scene.t) < 0.5
+
+
+def test_robust_weights_are_derivative_of_cost():
+    r2 = torch.tensor([0.1, 0.5, 0.9, 2.0], dtype=torch.float64)
+    h = 1e-7
+    for loss in ("cauchy", "huber"):
+        cost, w = robust_cost_and_weights(r2, 1.0, loss)
+        numeric = (robust_cost_and_weights(r2 + h, 1.0, loss)[0] - robust_cost_and_weights(r2 - h, 1.0, loss)[0]) / (2 * h)
+        assert torch.allclose(w, numeric, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        robust_cost_and_weights(r2, 1.0, "l7")
