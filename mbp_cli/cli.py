@@ -6,6 +6,7 @@ message and the exit code of :class:`mbp_cli.errors.ExitCode`, never a traceback
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -40,6 +41,32 @@ def main(
     ] = None,
 ) -> None:
     """mbp: relative pose estimation for calibrated image pairs."""
+
+
+def _silence_opencv_log() -> None:
+    """Keep OpenCV's own log lines (e.g. ``[ WARN:0@1.2] ... PNG input buffer is incomplete`` for a truncated
+    image, ``[ERROR:0@...]`` for a truncated TIFF/BMP) off stderr: mbp reports those problems itself, in one line.
+    A user who sets ``OPENCV_LOG_LEVEL`` gets OpenCV's logging as asked."""
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def _existing_files(*specs: Optional[str]) -> list[Path]:
+    """The specs that name existing files (calibration and weights options also take inline values)."""
+    files = []
+    for spec in specs:
+        if spec is None:
+            continue
+        try:
+            path = Path(spec.strip()).expanduser()
+            if path.is_file():
+                files.append(path)
+        except (OSError, ValueError, RuntimeError):  # a name too long, a NUL byte, an unknown ~user
+            continue
+    return files
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
@@ -83,9 +110,12 @@ def estimate(
     from mbp_cli.io.calibration import resolve_cameras
     from mbp_cli.io.output import check_output_path
     from mbp_cli.pipeline import EstimateConfig, estimate_pair
-    from mbp_cli.report import print_summary, save_matches as write_matches, save_visualization, to_json
+    from mbp_cli.report import (
+        check_visualization_path, print_summary, save_matches as write_matches, save_visualization, to_json,
+    )
     from mbp_cli.robust.ransac import RansacOptions
 
+    _silence_opencv_log()
     try:
         try:
             ransac = RansacOptions(
@@ -106,8 +136,12 @@ def estimate(
         except ValueError as exc:
             raise fail(f"{exc}", ExitCode.USAGE) from None
         outputs = [p for p in (save_viz, save_matches) if p is not None]
+        # Every input file is protected, the calibration and weights files too (--overwrite included).
+        inputs = (image0, image1, *_existing_files(K, K0, K1, loftr_weights))
         for out in outputs:
-            check_output_path(out, overwrite, (image0, image1))
+            check_output_path(out, overwrite, inputs)
+        if save_viz is not None:
+            check_visualization_path(save_viz)
         if save_viz is not None and save_matches is not None and save_viz.resolve() == save_matches.resolve():
             raise fail("--save-viz and --save-matches name the same file; give two paths", ExitCode.OUTPUT)
         camera0, camera1 = resolve_cameras(K, K0, K1, camera_id, camera_id0=camera_id0, camera_id1=camera_id1)

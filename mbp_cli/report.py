@@ -110,10 +110,24 @@ def render_matches(result: PairResult, max_outliers: int = 300) -> np.ndarray:
     return canvas
 
 
+def _visualization_ext(path: str | Path) -> str:
+    return Path(path).suffix.lower() or ".png"
+
+
+def check_visualization_path(path: str | Path) -> None:
+    """Refuse, before any work, a --save-viz path whose extension OpenCV cannot encode (e.g. ``.txt``)."""
+    ext = _visualization_ext(path)
+    if not cv2.haveImageWriter(f"x{ext}"):
+        raise OutputError(f"cannot write {path}: no image encoder for {ext}; use a .png or .jpg path for --save-viz")
+
+
 def save_visualization(result: PairResult, path: str | Path) -> None:
     """Write :func:`render_matches` as an image (format from the extension), atomically."""
-    ext = Path(path).suffix.lower() or ".png"
-    ok, encoded = cv2.imencode(ext, render_matches(result))
+    ext = _visualization_ext(path)
+    try:
+        ok, encoded = cv2.imencode(ext, render_matches(result))
+    except cv2.error:  # OpenCV raises, rather than returning False, for an extension it has no encoder for
+        ok = False
     if not ok:
         raise OutputError(f"cannot encode an image as {ext}; use a .png or .jpg path for --save-viz")
     atomic_write_bytes(path, encoded.tobytes())

@@ -46,6 +46,8 @@ class RansacOptions:
         refine: options of the final LM.
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
             or no baseline) and the result is flagged ``degenerate``.
+        prosac_growth: samples after which PROSAC has grown to all correspondences (its ``T_N``); smaller
+            values fall back to uniform sampling sooner when the best-ranked matches hold a wrong structure.
         preview_points / preview_keep: preemptive scoring: each batch's models are ranked on this many random
             correspondences and only the best ``preview_keep`` are scored on all of them.
         seed: seed of the sampler's generator; equal seeds give identical results.
@@ -53,16 +55,17 @@ class RansacOptions:
 
     threshold_px: float = 1.0
     confidence: float = 0.9999
-    min_iterations: int = 32
+    min_iterations: int = 256
     max_iterations: int = 10_000
-    batch_size: int = 64
-    sampler: str = "prosac"
+    batch_size: int = 128
+    sampler: str = "uniform"
     scoring: str = "magsac"
     local_optimization: bool = True
     lo_iterations: int = 10
     final_refinement: bool = True
     refine: RefineOptions = field(default_factory=RefineOptions)
     min_parallax_deg: float = 0.2
+    prosac_growth: int = 20_000
     preview_points: int = 256
     preview_keep: int = 8
     seed: int = 0
@@ -153,7 +156,7 @@ def _score_models(
 
 def _make_sampler(options: RansacOptions, num_points: int, quality: torch.Tensor | None, gen: torch.Generator) -> Sampler:
     if options.sampler == "prosac" and quality is not None:
-        return ProsacSampler(quality, gen)
+        return ProsacSampler(quality, gen, max_growth_samples=options.prosac_growth)
     return UniformSampler(num_points, gen)
 
 

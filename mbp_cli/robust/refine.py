@@ -28,6 +28,7 @@ class RefineOptions:
         initial_lambda: initial damping relative to the diagonal of the normal equations.
         gradient_tol: stop when the largest gradient entry falls below this.
         step_tol: stop when the update's norm falls below this.
+        cost_tol: stop when an accepted step lowers the cost by less than this fraction.
     """
 
     max_iterations: int = 25
@@ -35,6 +36,7 @@ class RefineOptions:
     initial_lambda: float = 1e-3
     gradient_tol: float = 1e-12
     step_tol: float = 1e-10
+    cost_tol: float = 1e-8
 
 
 def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
@@ -96,8 +98,7 @@ def sampson_residuals_and_jacobian(
     H = R.shape[0]
     E = essential_from_pose(R, t)
     # dE for each local parameter: [t]x R [e_k]x for the rotation, [b_j]x R for the translation.
-    eye = torch.eye(3, dtype=R.dtype, device=R.device)
-    dE_rot = E.unsqueeze(1) @ skew(eye)  # (H, 3, 3, 3)
+    dE_rot = E.unsqueeze(1) @ skew(torch.eye(3, dtype=R.dtype, device=R.device))  # (H, 3, 3, 3)
     dE_trans = skew(_tangent_basis(t).transpose(1, 2)) @ R.unsqueeze(1)  # (H, 2, 3, 3)
     dE = torch.cat([dE_rot, dE_trans], 1)  # (H, 5, 3, 3)
     r, V, inv_sqrt_D = _residuals(design, E)
@@ -182,11 +183,12 @@ def refine_pose(
         t_new = t_new / t_new.norm(dim=-1, keepdim=True)
         cost_new = cost_of(R_new, t_new)
         better = active & (cost_new < cost)
+        converged = better & (cost - cost_new <= options.cost_tol * cost)
         R = torch.where(better[:, None, None], R_new, R)
         t = torch.where(better[:, None], t_new, t)
         cost = torch.where(better, cost_new, cost)
         lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-10, 1e10)
-        active = active & (step.norm(dim=-1) > options.step_tol)
+        active = active & ~converged & (step.norm(dim=-1) > options.step_tol)
         if not bool(active.any()):
             break
     return R, t, cost

@@ -1,0 +1,231 @@
+"""mbp's robust estimator against OpenCV USAC_MAGSAC, PoseLib and pycolmap on the very same matches.
+
+For every pair listed in ``<scene>/pairs.txt`` of every scene under ``--scenes-root``: SIFT matches are
+extracted once (OpenCV RootSIFT, mutual NN + ratio test, cached under ``benchmarks/cache/``), undistorted and
+normalized with the scene's cameras, and handed to every estimator at every threshold of ``--thresholds``.
+Each method is reported at its best threshold (by overall AUC@5): AUC@5/10/20 (exact integral, glue-factory's
+``pose_auc``), the 5-degree-bin mAA-style figure, median errors, failures and median single-thread time per pair.
+
+Usage::
+
+    python benchmarks/peers.py --scenes-root ../shared/data/scenes --ratio 0.8 --workers 2
+
+Writes ``benchmarks/results/peers_ratio<r>.md`` (the table in the README) and ``.json`` (every pair's result).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mbp_cli.estimator import mean_focal  # noqa: E402
+from mbp_cli.io.colmap import read_scene, relative_pose  # noqa: E402
+from mbp_cli.io.images import load_image  # noqa: E402
+from mbp_cli.matching import create_matcher  # noqa: E402
+from mbp_cli.metrics import binned_map, pose_auc, pose_error_deg  # noqa: E402
+
+CACHE = REPO / "benchmarks" / "cache"
+AUC_THRESHOLDS = (5.0, 10.0, 20.0)
+
+
+def single_thread() -> None:
+    """Time every method on one core, as PoseLib and OpenCV's RANSAC run."""
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features: int) -> dict:
+    """Normalized matches and ground truth of every listed pair of one scene (cached on disk)."""
+    key = f"{scene_dir.name}_{matcher_name}_r{ratio:g}_n{num_features}"
+    path = CACHE / f"{key}.npz"
+    if path.exists():
+        data = np.load(path, allow_pickle=False)
+        return json.loads(str(data["index"])) | {"arrays": {k: data[k] for k in data.files if k != "index"}}
+    single_thread()
+    scene = read_scene(scene_dir)
+    matcher = create_matcher(matcher_name, num_features=num_features, ratio=ratio)
+    features = {}
+    needed = sorted({n for pair in scene.pairs for n in pair})
+    for name in needed:
+        features[name] = matcher.extract(load_image(scene.image_path(name)))
+    pairs, arrays = [], {}
+    for i, (a, b) in enumerate(scene.pairs):
+        m = matcher.match(features[a], features[b])
+        cam0, cam1 = scene.camera_of(a), scene.camera_of(b)
+        R, t = relative_pose(scene, a, b)
+        arrays[f"x0_{i}"] = cam0.pixels_to_normalized(m.keypoints0).numpy()
+        arrays[f"x1_{i}"] = cam1.pixels_to_normalized(m.keypoints1).numpy()
+        arrays[f"ratio_{i}"] = m.side["ratio"].numpy()
+        pairs.append({"image0": a, "image1": b, "focal": mean_focal(cam0, cam1), "R": R.tolist(), "t": (t / np.linalg.norm(t)).tolist()})
+    index = {"scene": scene_dir.name, "pairs": pairs}
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, index=json.dumps(index), **arrays)
+    os.replace(tmp, path)
+    return index | {"arrays": arrays}
+
+
+def _worker(task: tuple) -> list[dict]:
+    """Run every method at every threshold on a chunk of pairs of one scene."""
+    scene_dir, matcher_name, ratio, num_features, methods, thresholds, indices = task
+    single_thread()
+    from mbp_cli.estimators import create_estimator
+
+    data = scene_matches(Path(scene_dir), matcher_name, ratio, num_features)
+    estimators = {m: create_estimator(m) for m in methods}
+    rows = []
+    warmed = False
+    for i in indices:
+        meta = data["pairs"][i]
+        x0, x1, q = data["arrays"][f"x0_{i}"], data["arrays"][f"x1_{i}"], -data["arrays"][f"ratio_{i}"]
+        R_gt, t_gt = np.array(meta["R"]), np.array(meta["t"])
+        if not warmed and len(x0) >= 5:
+            for est in estimators.values():  # first calls pay one-off library set-up; keep it out of timings
+                est.estimate(x0, x1, meta["focal"], 1.0, q)
+            warmed = True
+        for name, est in estimators.items():
+            for thr in thresholds:
+                if len(x0) < 5:
+                    out_R = out_t = None
+                    elapsed, status, n_in = 0.0, "no_model", 0
+                else:
+                    out = est.estimate(x0, x1, meta["focal"], thr, q)
+                    out_R, out_t, elapsed, status, n_in = out.R, out.t, out.time_ms, out.status, int(out.inliers.sum())
+                err_R, err_t = pose_error_deg(out_R, out_t, R_gt, t_gt)
+                rows.append({
+                    "scene": data["scene"], "image0": meta["image0"], "image1": meta["image1"], "method": name,
+                    "threshold_px": thr, "num_matches": int(len(x0)), "num_inliers": n_in, "status": status,
+                    "err_R_deg": err_R, "err_t_deg": err_t, "time_ms": elapsed,
+                })
+    return rows
+
+
+def summarize(rows: list[dict], methods: list[str], thresholds: list[float]) -> dict:
+    """Per method: the threshold with the best overall AUC@5 and its metrics, overall and per scene."""
+    summary = {}
+    for m in methods:
+        best = None
+        for thr in thresholds:
+            sel = [r for r in rows if r["method"] == m and r["threshold_px"] == thr]
+            err = [max(r["err_R_deg"], r["err_t_deg"]) for r in sel]
+            auc = pose_auc(err, AUC_THRESHOLDS)
+            if best is None or auc[0] > best["auc"][0]:
+                best = {"threshold_px": thr, "auc": auc, "rows": sel}
+        sel = best.pop("rows")
+        err = np.array([max(r["err_R_deg"], r["err_t_deg"]) for r in sel])
+        scenes = sorted({r["scene"] for r in sel})
+        best |= {
+            "maa": binned_map(err, AUC_THRESHOLDS),
+            "median_err_R_deg": float(np.median([r["err_R_deg"] for r in sel])),
+            "median_err_t_deg": float(np.median([r["err_t_deg"] for r in sel])),
+            "failures": int(sum(r["status"] == "no_model" for r in sel)),
+            "median_time_ms": float(np.median([r["time_ms"] for r in sel])),
+            "mean_time_ms": float(np.mean([r["time_ms"] for r in sel])),
+            "pairs": len(sel),
+            "per_scene": {
+                s: pose_auc([max(r["err_R_deg"], r["err_t_deg"]) for r in sel if r["scene"] == s], AUC_THRESHOLDS)
+                for s in scenes
+            },
+            "all_thresholds": {
+                thr: pose_auc([max(r["err_R_deg"], r["err_t_deg"]) for r in rows if r["method"] == m and r["threshold_px"] == thr], AUC_THRESHOLDS)
+                for thr in thresholds
+            },
+        }
+        summary[m] = best
+    return summary
+
+
+def markdown(summary: dict, command: str, ratio: float) -> str:
+    ref = summary.get("poselib")
+    lines = [
+        f"Same OpenCV-SIFT matches (ratio {ratio:g}, mutual NN, 8000 features) for every method; each at its best threshold.",
+        "AUC = exact integral (glue-factory's `pose_auc`), mAA = 5-degree-bin average of the ∇-RANSAC papers.",
+        "Time: median per pair, single thread, estimation only (matching excluded).",
+        "",
+        "| method | thr px | AUC@5 | AUC@10 | AUC@20 | mAA@10 | med. err R / t (deg) | failures | median ms | time vs PoseLib |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, s in summary.items():
+        ratio_t = f"{s['median_time_ms'] / ref['median_time_ms']:.2f}x" if ref else "-"
+        lines.append(
+            f"| {m} | {s['threshold_px']:g} | {100 * s['auc'][0]:.1f} | {100 * s['auc'][1]:.1f} | {100 * s['auc'][2]:.1f} | "
+            f"{100 * s['maa'][1]:.1f} | {s['median_err_R_deg']:.2f} / {s['median_err_t_deg']:.2f} | {s['failures']} / {s['pairs']} | "
+            f"{s['median_time_ms']:.1f} | {ratio_t} |"
+        )
+    scenes = sorted(next(iter(summary.values()))["per_scene"])
+    lines += ["", "AUC@5 per scene (each method at its best threshold):", "",
+              "| method | " + " | ".join(scenes) + " |", "|---|" + "---|" * len(scenes)]
+    for m, s in summary.items():
+        lines.append(f"| {m} | " + " | ".join(f"{100 * s['per_scene'][sc][0]:.1f}" for sc in scenes) + " |")
+    thresholds = list(next(iter(summary.values()))["all_thresholds"])
+    lines += ["", "AUC@5 at every threshold tried:", "", "| method | " + " | ".join(f"{t:g} px" for t in thresholds) + " |",
+              "|---|" + "---|" * len(thresholds)]
+    for m, s in summary.items():
+        lines.append(f"| {m} | " + " | ".join(f"{100 * s['all_thresholds'][t][0]:.1f}" for t in thresholds) + " |")
+    lines += ["", f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
+    parser.add_argument("--scenes", default="", help="comma-separated scene names (default: every scene folder)")
+    parser.add_argument("--ratio", type=float, default=0.8)
+    parser.add_argument("--num-features", type=int, default=8000)
+    parser.add_argument("--matcher", default="sift-opencv")
+    parser.add_argument("--methods", default="mbp,opencv,poselib,pycolmap")
+    parser.add_argument("--thresholds", default="0.25,0.5,1,2")
+    parser.add_argument("--max-pairs-per-scene", type=int, default=0, help="0: all pairs")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    args = parser.parse_args()
+
+    scene_dirs = sorted(p for p in args.scenes_root.iterdir() if (p / "sparse").is_dir())
+    if args.scenes:
+        wanted = set(args.scenes.split(","))
+        scene_dirs = [p for p in scene_dirs if p.name in wanted]
+    methods = args.methods.split(",")
+    thresholds = [float(t) for t in args.thresholds.split(",")]
+
+    with ProcessPoolExecutor(args.workers) as pool:  # features once per scene, in parallel
+        indexes = list(pool.map(scene_matches, scene_dirs, [args.matcher] * len(scene_dirs),
+                                [args.ratio] * len(scene_dirs), [args.num_features] * len(scene_dirs)))
+    tasks = []
+    for scene_dir, index in zip(scene_dirs, indexes):
+        n = len(index["pairs"])
+        chosen = list(range(n)) if not args.max_pairs_per_scene else list(np.linspace(0, n - 1, min(n, args.max_pairs_per_scene)).round().astype(int))
+        for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 25)):
+            tasks.append((str(scene_dir), args.matcher, args.ratio, args.num_features, methods, thresholds, chunk.tolist()))
+    start = time.perf_counter()
+    rows: list[dict] = []
+    with ProcessPoolExecutor(args.workers) as pool:
+        for part in pool.map(_worker, tasks):
+            rows += part
+            print(f"\r{len(rows) // (len(methods) * len(thresholds))} pairs  {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    summary = summarize(rows, methods, thresholds)
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    text = markdown(summary, command, args.ratio)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"peers_ratio{args.ratio:g}" + (f"_max{args.max_pairs_per_scene}" if args.max_pairs_per_scene else "")
+    (args.out / f"{stem}.md").write_text(text)
+    (args.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "command": command, "rows": rows}))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
