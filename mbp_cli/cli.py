@@ -110,9 +110,8 @@ def estimate(
     from mbp_cli.io.calibration import resolve_cameras
     from mbp_cli.io.output import check_output_path
     from mbp_cli.pipeline import EstimateConfig, estimate_pair
-    from mbp_cli.report import (
-        check_visualization_path, print_summary, save_matches as write_matches, save_visualization, to_json,
-    )
+    from mbp_cli.report import check_visualization_path, print_summary, save_visualization, to_json
+    from mbp_cli.report import save_matches as write_matches
     from mbp_cli.robust.ransac import RansacOptions
 
     _silence_opencv_log()

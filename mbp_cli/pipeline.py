@@ -7,7 +7,11 @@ evaluated numbers are those users get.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -78,6 +82,49 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@contextmanager
+def _native_stderr_held() -> Iterator[None]:
+    """Hold what native code (libpng, libtiff, ...) writes on file descriptor 2 during the block.
+
+    Decoders report a corrupt file there themselves (``libpng error: PNG input buffer is incomplete``), which would
+    add a line to the one-line error of the CLI. When the block raises, the held text is dropped (the exception
+    says what is wrong); when it succeeds, the text is passed on to stderr unchanged (e.g. libjpeg's warnings on
+    an image that still decodes).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no usable fd 2: nothing to hold
+        yield
+        return
+    failed = False
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            try:
+                sys.stderr.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not failed:
+                held.seek(0)
+                text = held.read()
+                if text:
+                    os.write(2, text)
+
+
+def _load(path: str | os.PathLike[str]) -> Any:
+    """:func:`load_image`, without the decoder's own messages on stderr when the image cannot be read."""
+    with _native_stderr_held():
+        return load_image(path)
+
+
 def _check_image_size(camera: Camera, image_shape: tuple[int, ...], which: str, path: str) -> None:
     height, width = image_shape[:2]
     if camera.width is not None and camera.height is not None and (camera.width, camera.height) != (width, height):
@@ -130,8 +177,8 @@ def estimate_pair(
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    img0 = load_image(image0)
-    img1 = load_image(image1)
+    img0 = _load(image0)
+    img1 = _load(image1)
     check_pair_distinct(img0, img1, image0, image1)
     for img, path in ((img0, image0), (img1, image1)):
         if is_textureless(img):

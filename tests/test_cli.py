@@ -23,6 +23,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -61,7 +62,8 @@ class CliResult:
     stderr: str
 
     def __str__(self) -> str:  # shown by pytest when an assertion on a result fails
-        return f"mbp {' '.join(self.args)}\n-> exit {self.returncode}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
+        command = f"mbp {' '.join(self.args)}\n-> exit {self.returncode}"
+        return f"{command}\n--- stdout:\n{self.stdout}\n--- stderr:\n{self.stderr}"
 
 
 def base_env(**extra: str | None) -> dict[str, str]:
@@ -122,7 +124,7 @@ def finish_real(proc: subprocess.Popen, args: list[str]) -> CliResult:
 
 
 _FORK_SERVER_SOURCE = textwrap.dedent(
-    r'''
+    r"""
     import atexit, json, os, runpy, sys, warnings
 
     # Protocol on private copies of fds 0/1; fd 0 becomes /dev/null and fd 1 goes to stderr, so that nothing
@@ -134,6 +136,10 @@ _FORK_SERVER_SOURCE = textwrap.dedent(
     os.close(null)
     os.dup2(2, 1)
 
+    # A forked child cannot use an OpenMP thread team its parent created (libgomp deadlocks in the child's first
+    # parallel region), so the server keeps OpenMP/MKL single-threaded: no team exists when it forks.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
     warnings.simplefilter("ignore", DeprecationWarning)  # "fork() in a multi-threaded process" (native threads)
     # What `mbp estimate` imports lazily; mbp_cli.cli and mbp_cli.__main__ run afresh in every child.
     import mbp_cli.io.calibration, mbp_cli.io.images, mbp_cli.io.output, mbp_cli.pipeline, mbp_cli.report
@@ -197,10 +203,12 @@ _FORK_SERVER_SOURCE = textwrap.dedent(
         pid = os.fork()
         if pid == 0:
             child(req)
+        proto_out.write(json.dumps({"pid": pid}) + "\n")
+        proto_out.flush()
         _, status = os.waitpid(pid, 0)
         proto_out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}) + "\n")
         proto_out.flush()
-    '''
+    """
 )
 
 
@@ -227,8 +235,7 @@ class ForkServer:
         ready, _, _ = select.select([self.proc.stdout], [], [], FAST_TIMEOUT_S)
         line = self.proc.stdout.readline() if ready else ""
         if not line:
-            self.close()
-            raise RuntimeError(f"fork server gave no answer; its stderr:\n{self.log.read_text()}")
+            raise RuntimeError(f"fork server gave no answer in {FAST_TIMEOUT_S} s; its stderr:\n{self.log.read_text()}")
         return line
 
     def _expect(self, text: str) -> None:
@@ -238,10 +245,22 @@ class ForkServer:
     def run(self, args: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> CliResult:
         self.count += 1
         stdout, stderr = self.workdir / f"{self.count}.out", self.workdir / f"{self.count}.err"
-        request = {"args": list(args), "env": env or base_env(), "cwd": str(cwd), "stdout": str(stdout), "stderr": str(stderr)}
+        request = {
+            "args": list(args),
+            "env": env or base_env(),
+            "cwd": str(cwd),
+            "stdout": str(stdout),
+            "stderr": str(stderr),
+        }
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
-        rc = json.loads(self._readline())["rc"]
+        child = json.loads(self._readline())["pid"]
+        try:
+            rc = json.loads(self._readline())["rc"]
+        except RuntimeError:
+            os.kill(child, signal.SIGKILL)  # a hung child: do not leave it behind
+            self._readline()  # its exit status, to stay in step with the server
+            raise TimeoutError(f"mbp {' '.join(args)} ran longer than {FAST_TIMEOUT_S} s") from None
         read = lambda p: p.read_text(encoding="utf-8", errors="replace")  # noqa: E731
         return CliResult(list(args), rc, read(stdout), read(stderr))
 
@@ -253,6 +272,7 @@ class ForkServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.stdout.close()
 
 
 @pytest.fixture(scope="module")
@@ -329,7 +349,9 @@ def output_args(out: Path) -> list[str]:
     return ["--json", "--save-viz", str(out / "viz.png"), "--save-matches", str(out / "matches.npz")]
 
 
-def assert_error(result: CliResult, code: int, *names: str | Path, out: Path | None = None, keep: tuple[str, ...] = ()) -> str:
+def assert_error(
+    result: CliResult, code: int, *names: str | Path, out: Path | None = None, keep: tuple[str, ...] = ()
+) -> str:
     """The contract of every failure: exit ``code``, one ``error:`` line on stderr naming each of ``names``,
     nothing on stdout, no traceback, and nothing new in the output folder ``out`` (only ``keep`` there)."""
     assert result.returncode == code, result
@@ -400,7 +422,8 @@ def test_estimate_sample_pair_json(pose_runs):
     np.testing.assert_allclose(E, skew(t) @ R, atol=1e-8)
     # F = K1^-T E K0^-1 up to scale and sign, with the cameras reported in the JSON (OpenCV convention).
     K0, K1 = (
-        np.array([[c["fx"], 0.0, c["cx"]], [0.0, c["fy"], c["cy"]], [0.0, 0.0, 1.0]]) for c in (doc["camera0"], doc["camera1"])
+        np.array([[c["fx"], 0.0, c["cx"]], [0.0, c["fy"], c["cy"]], [0.0, 0.0, 1.0]])
+        for c in (doc["camera0"], doc["camera1"])
     )
     F_ref = np.linalg.inv(K1).T @ E @ np.linalg.inv(K0)
     F_ref, F_n = F_ref / np.linalg.norm(F_ref), F / np.linalg.norm(F)
@@ -496,7 +519,9 @@ def test_console_script_version():
     script = Path(sys.executable).parent / "mbp"
     if not script.exists():
         pytest.skip("console script not installed next to the interpreter")
-    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=REAL_TIMEOUT_S, env=base_env())
+    proc = subprocess.run(
+        [str(script), "--version"], capture_output=True, text=True, timeout=REAL_TIMEOUT_S, env=base_env()
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("mbp ")
 
@@ -543,13 +568,15 @@ def test_corrupt_image(mbp, tmp_path, out):
     assert_error(mbp(estimate_args(REL0, corrupt, *output_args(out))), 3, corrupt, out=out)
 
 
-@pytest.mark.parametrize("ext", [".png", ".tif", ".bmp"])
-def test_truncated_image(mbp, tmp_path, out, ext):
-    """OpenCV logs its own WARN/ERROR lines for these; the CLI must still print exactly one line."""
+@pytest.mark.parametrize("ext, keep", [(".png", 2000), (".png", 0.5), (".jpg", 0.5), (".tif", 0.5), (".bmp", 0.5)])
+def test_truncated_image(mbp, tmp_path, out, ext, keep):
+    """OpenCV ([ WARN], [ERROR]) and libpng (``libpng error:``) print their own lines for these; the CLI must
+    still print exactly one."""
     ok, encoded = cv2.imencode(ext, cv2.imread(str(IMG1), cv2.IMREAD_UNCHANGED))
     assert ok
+    data = encoded.tobytes()
     truncated = tmp_path / f"truncated{ext}"
-    truncated.write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    truncated.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
     assert_error(mbp(estimate_args(REL0, truncated, *output_args(out))), 3, truncated, out=out)
 
 
@@ -627,7 +654,11 @@ def test_calibration_image_size_mismatch(mbp, tmp_path, out):
 
 
 def test_output_folder_does_not_exist(mbp, out):
-    result = mbp(estimate_args(REL0, REL1, "--json", "--save-viz", "/nonexistent_dir/x.png", "--save-matches", str(out / "m.npz")))
+    result = mbp(
+        estimate_args(
+            REL0, REL1, "--json", "--save-viz", "/nonexistent_dir/x.png", "--save-matches", str(out / "m.npz")
+        )
+    )
     assert_error(result, 5, "/nonexistent_dir", out=out)
     assert not Path("/nonexistent_dir").exists()
 
@@ -635,7 +666,9 @@ def test_output_folder_does_not_exist(mbp, out):
 def test_output_is_a_directory(mbp, out):
     folder = out / "viz.png"
     folder.mkdir()
-    assert_error(mbp(estimate_args(REL0, REL1, "--json", "--save-viz", str(folder))), 5, folder, out=out, keep=("viz.png",))
+    assert_error(
+        mbp(estimate_args(REL0, REL1, "--json", "--save-viz", str(folder))), 5, folder, out=out, keep=("viz.png",)
+    )
     assert folder.is_dir() and not any(folder.iterdir())
 
 
@@ -659,7 +692,7 @@ def test_output_is_an_input_image(mbp, tmp_path, out):
     shutil.copyfile(IMG0, image)
     data, mtime = image.read_bytes(), image.stat().st_mtime_ns
     args = estimate_args("image0.png", IMG1, "--json", "--overwrite", "--save-viz", str(image), K=CAMERAS)
-    line = assert_error(mbp(args, cwd=work), 5, image, "input")
+    assert_error(mbp(args, cwd=work), 5, image, "input")
     assert image.read_bytes() == data and image.stat().st_mtime_ns == mtime
     assert sorted(p.name for p in work.iterdir()) == ["image0.png"]
 
@@ -677,7 +710,9 @@ def test_output_is_the_calibration_file(mbp, tmp_path):
 
 def test_viz_and_matches_same_path(mbp, out):
     same = out / "both.png"
-    assert_error(mbp(estimate_args(REL0, REL1, "--json", "--save-viz", str(same), "--save-matches", str(same))), 5, out=out)
+    assert_error(
+        mbp(estimate_args(REL0, REL1, "--json", "--save-viz", str(same), "--save-matches", str(same))), 5, out=out
+    )
 
 
 def test_visualization_format_not_supported(mbp, out):
@@ -712,7 +747,9 @@ def test_unknown_matcher(mbp, out):
 
 
 def test_unknown_sampler(mbp, out):
-    assert_error(mbp(estimate_args(REL0, REL1, *output_args(out), "--sampler", "lucky")), 2, "lucky", "sampler", out=out)
+    assert_error(
+        mbp(estimate_args(REL0, REL1, *output_args(out), "--sampler", "lucky")), 2, "lucky", "sampler", out=out
+    )
 
 
 def test_loftr_weights_missing(mbp, tmp_path, out):
@@ -729,6 +766,8 @@ def test_loftr_weights_missing(mbp, tmp_path, out):
 def test_loftr_weights_not_in_cache(mbp, tmp_path, out):
     torch_home = tmp_path / "torch_home"
     torch_home.mkdir()
-    result = mbp(estimate_args(REL0, REL1, *output_args(out), "--matcher", "loftr"), env=base_env(TORCH_HOME=str(torch_home)))
+    result = mbp(
+        estimate_args(REL0, REL1, *output_args(out), "--matcher", "loftr"), env=base_env(TORCH_HOME=str(torch_home))
+    )
     assert_error(result, 6, torch_home / "hub" / "checkpoints", "loftr_outdoor.ckpt", "--loftr-weights", out=out)
     assert not any(torch_home.iterdir())

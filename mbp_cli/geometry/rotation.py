@@ -5,6 +5,18 @@ from __future__ import annotations
 import torch
 
 
+# skew(v) = sum_k v_k G_k with G_k = [e_k]x: one matrix product instead of a stack of nine entries, which
+# matters in the refinement loop where skew runs on tiny tensors and op overhead dominates.
+_GENERATORS = torch.tensor(
+    [
+        [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
+        [[0, 0, 1], [0, 0, 0], [-1, 0, 0]],
+        [[0, -1, 0], [1, 0, 0], [0, 0, 0]],
+    ],
+    dtype=torch.float64,
+).reshape(3, 9)
+
+
 def skew(v: torch.Tensor) -> torch.Tensor:
     """Cross-product matrices ``[v]x`` such that ``[v]x w = v x w``.
 
@@ -14,16 +26,7 @@ def skew(v: torch.Tensor) -> torch.Tensor:
     Returns:
         (..., 3, 3) skew-symmetric matrices, same dtype and device.
     """
-    zero = torch.zeros_like(v[..., 0])
-    x, y, z = v.unbind(-1)
-    return torch.stack(
-        [
-            torch.stack([zero, -z, y], -1),
-            torch.stack([z, zero, -x], -1),
-            torch.stack([-y, x, zero], -1),
-        ],
-        -2,
-    )
+    return (v @ _GENERATORS.to(v)).reshape(*v.shape[:-1], 3, 3)
 
 
 def so3_exp(omega: torch.Tensor) -> torch.Tensor:

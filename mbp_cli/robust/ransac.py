@@ -198,6 +198,19 @@ def ransac_essential(
         An :class:`EssentialResult`; ``status == "no_model"`` when fewer than 5 correspondences are given or
         no sample produced a real solution. Deterministic for a given ``options.seed``.
     """
+    # Inference only: no autograd bookkeeping on the many small ops of the loop (a measurable share of its time).
+    with torch.inference_mode():
+        return _ransac(x0, x1, threshold, options, quality, sampler)
+
+
+def _ransac(
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    threshold: float,
+    options: RansacOptions,
+    quality: torch.Tensor | None,
+    sampler: Sampler | None,
+) -> EssentialResult:
     timer = _Timer()
     N = int(x0.shape[0])
     x0 = x0.double()

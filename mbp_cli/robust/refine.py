@@ -36,7 +36,7 @@ class RefineOptions:
     initial_lambda: float = 1e-3
     gradient_tol: float = 1e-12
     step_tol: float = 1e-10
-    cost_tol: float = 1e-8
+    cost_tol: float = 1e-6
 
 
 def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
