@@ -31,6 +31,7 @@ from mbp_cli.matching.types import Matches
 
 DEFAULT_NUM_FEATURES = 8000
 DEFAULT_RATIO = 0.8
+DEFAULT_CONTRAST_THRESHOLD = 0.04  # OpenCV's (and Lowe's) default
 
 # Rows of desc0 compared at once: bounds the distance matrix to 512 x N1 (16 MB in float32 for N1 = 8000) whatever
 # the number of features; small blocks stay in cache (measured 0.47 s vs 1.0 s with 4096 rows, 8000 x 8000, 1 thread).
@@ -283,11 +284,15 @@ class _SiftMatcher:
         self.resize = None if resize is None else int(resize)
         self.mutual = bool(mutual)
 
+    def _extra_settings(self) -> str:
+        """Non-default backend settings appended to :attr:`name`, each starting with a comma."""
+        return "" if self.mutual else ",mutual=False"
+
     @property
     def name(self) -> str:
         """Name and settings, e.g. ``sift-opencv(n=8000,ratio=0.8,resize=None)``."""
-        extra = "" if self.mutual else ",mutual=False"
-        return f"sift-{self.backend}(n={self.num_features},ratio={self.ratio:g},resize={self.resize}{extra})"
+        settings = f"n={self.num_features},ratio={self.ratio:g},resize={self.resize}{self._extra_settings()}"
+        return f"sift-{self.backend}({settings})"
 
     def __repr__(self) -> str:
         return self.name
@@ -360,6 +365,8 @@ class OpenCVSift(_SiftMatcher):
         resize: longer side, in pixels, of the image used for detection; ``None`` detects at full resolution.
             Keypoints and scales are always returned in full-resolution coordinates.
         mutual: require mutual nearest neighbours.
+        contrast_threshold: OpenCV's ``contrastThreshold`` (Lowe's 0.04 by default); lower values keep more,
+            weaker keypoints, which helps on images with little texture (up to ``num_features``).
     """
 
     backend = "opencv"
@@ -370,19 +377,29 @@ class OpenCVSift(_SiftMatcher):
         ratio: float = DEFAULT_RATIO,
         resize: int | None = None,
         mutual: bool = True,
+        contrast_threshold: float = DEFAULT_CONTRAST_THRESHOLD,
     ) -> None:
         super().__init__(num_features, ratio, resize, mutual)
+        if contrast_threshold < 0:
+            raise ValueError(f"contrast_threshold must be non-negative, got {contrast_threshold}")
+        self.contrast_threshold = float(contrast_threshold)
         # enable_precise_upscale: the default 2x upscaling of the first octave is pixel-centre aligned while
         # OpenCV maps its coordinates back with x / 2, which shifts every keypoint by +0.25 px along both axes
         # (measured: 0.249 px on a mirrored image pair); the precise mode maps x to 2x and removes the bias.
         self._sift = cv2.SIFT_create(
             nfeatures=self.num_features,
             nOctaveLayers=3,
-            contrastThreshold=0.04,
+            contrastThreshold=self.contrast_threshold,
             edgeThreshold=10,
             sigma=1.6,
             enable_precise_upscale=True,
         )
+
+    def _extra_settings(self) -> str:
+        extra = super()._extra_settings()
+        if self.contrast_threshold != DEFAULT_CONTRAST_THRESHOLD:
+            extra += f",contrast={self.contrast_threshold:g}"
+        return extra
 
     def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         keypoints, descriptors = self._sift.detectAndCompute(image, None)
@@ -401,8 +418,9 @@ class OpenCVSift(_SiftMatcher):
 class KorniaSift(_SiftMatcher):
     """kornia ``SIFTFeature`` (multi-resolution DoG + LAF orientation + RootSIFT patch descriptor).
 
-    kornia returns exactly ``num_features`` keypoints on textured images (it has no contrast threshold), and is
-    about 10x slower than OpenCV on CPU at full resolution; ``resize`` trades accuracy for speed.
+    kornia keeps the ``num_features`` strongest responses (it has no contrast threshold, so it reaches that number
+    on most real images; the padding slots of a short result are dropped). It is 10-25x slower than OpenCV on CPU
+    at full resolution (see ``benchmarks/results/matchers.md``); ``resize`` trades accuracy for speed.
 
     Args:
         num_features: number of keypoints per image.
@@ -435,6 +453,11 @@ class KorniaSift(_SiftMatcher):
         tensor = torch.from_numpy(image).to(self.device, torch.float32)[None, None] / 255.0
         with torch.inference_mode():
             lafs, _responses, descriptors = self._sift(tensor)
+            # kornia pads to num_features slots with all-zero LAFs sharing one descriptor; they would match each
+            # other at zero distance, so drop them (kornia's documented way: laf_is_filled, not the response).
+            filled = self._kf.laf_is_filled(lafs)[0]
+            lafs = lafs[:, filled]
+            descriptors = descriptors[:, filled]
             centres = self._kf.get_laf_center(lafs)[0]
             scales = self._kf.get_laf_scale(lafs)[0, :, 0, 0]
             # kornia's orientation grows counter-clockwise on screen: negate it for the image-frame convention.

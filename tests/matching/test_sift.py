@@ -25,7 +25,15 @@ from mbp_cli.matching.sift import (
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_images"
-SCENE = Path("/work/shared/data/scenes/buddha")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One torch thread: on a busy 2-core machine, 2 OpenMP threads wait on each other and run up to 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _real_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
