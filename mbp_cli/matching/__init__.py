@@ -14,7 +14,8 @@ Names accepted by :func:`create_matcher`:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -110,7 +110,8 @@ def load_loftr(path: Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         # strict=False to report missing/unexpected keys in one line ourselves; shape mismatches still raise.
         result = model.load_state_dict(dict(state), strict=False)
     except RuntimeError as error:
-        raise WeightsError(f"LoFTR weights file {path} does not match kornia's LoFTR ({_first_line(error)}): {fix}") from error
+        reason = _first_line(error)
+        raise WeightsError(f"LoFTR weights file {path} does not match kornia's LoFTR ({reason}): {fix}") from error
     if result.missing_keys or result.unexpected_keys:
         example = (result.missing_keys or result.unexpected_keys)[0]
         raise WeightsError(

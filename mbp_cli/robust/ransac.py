@@ -42,6 +42,8 @@ class RansacOptions:
         scoring: ``magsac`` (MAGSAC++) or ``msac``.
         local_optimization: refine each new best model on its inliers (LM with a truncated loss).
         lo_iterations: LM iterations of one local optimisation.
+        lo_candidates / lo_margin: each batch's best ``lo_candidates`` models whose score is below
+            ``lo_margin`` times the best score so far are polished by local optimisation.
         final_refinement: robust LM on all correspondences at the end.
         refine: options of the final LM.
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
@@ -57,7 +59,7 @@ class RansacOptions:
     confidence: float = 0.9999
     min_iterations: int = 256
     max_iterations: int = 10_000
-    batch_size: int = 128
+    batch_size: int = 256
     sampler: str = "uniform"
     scoring: str = "magsac"
     local_optimization: bool = True
@@ -65,6 +67,8 @@ class RansacOptions:
     final_refinement: bool = True
     refine: RefineOptions = field(default_factory=RefineOptions)
     min_parallax_deg: float = 0.2
+    lo_candidates: int = 4
+    lo_margin: float = 1.25
     prosac_growth: int = 20_000
     preview_points: int = 256
     preview_keep: int = 8
@@ -248,25 +252,31 @@ def _ransac(
         models += E.shape[0]
         with timer("scoring"):
             E, r2, scores = _score_models(E, x0, x1, x0_32, x1_32, threshold, options, preview, gen)
-            j = int(scores.argmin())
-            score_j = float(scores[j])
-        if score_j >= best_score:
+            # Local optimisation is not reserved for a new best: a model of the right basin can score a little
+            # worse than a wrong model's optimum before it is polished (seen on real pairs), so the few best
+            # models of the batch within a margin of the best score are all polished, batched.
+            k = min(options.lo_candidates, int(scores.shape[0]))
+            top_scores, top = scores.topk(k, largest=False)
+            top = top[top_scores < best_score * options.lo_margin]
+        if top.numel() == 0:
             continue
         with timer("local_optimization"):
-            inl = r2[j] < thr2
-            R, t, _ = pose_from_essential(E[j : j + 1], x0[inl], x1[inl])
-            E_j, score = E[j], score_j
-            if options.local_optimization and int(inl.sum()) > SAMPLE_SIZE:
-                lo_runs += 1
+            inl = r2[top] < thr2
+            R, t, _ = pose_from_essential(E[top], x0, x1, weights=inl.double())
+            if options.local_optimization:
+                lo_runs += int(top.numel())
                 lo = RefineOptions(max_iterations=options.lo_iterations, loss="truncated")
                 R_lo, t_lo, _ = refine_pose(R, t, x0, x1, threshold, lo)
-                E_lo = essential_from_pose(R_lo, t_lo)
-                r2_lo = sampson_squared(E_lo, x0, x1)
-                score_lo = float(robust_loss(options.scoring, r2_lo, threshold).sum())
-                if score_lo < score:
-                    R, t, E_j, score, inl = R_lo, t_lo, E_lo[0], score_lo, r2_lo[0] < thr2
-        best_E, best_R, best_t, best_score = E_j, R, t, score
-        best_inliers = int(inl.sum())
+                R, t = torch.cat([R, R_lo]), torch.cat([t, t_lo])
+            E_c = essential_from_pose(R, t)
+            r2_c = sampson_squared(E_c.float(), x0_32, x1_32)
+            scores_c = robust_loss(options.scoring, r2_c, threshold).sum(-1)
+            j = int(scores_c.argmin())
+            score = float(scores_c[j])
+        if score >= best_score:
+            continue
+        best_E, best_R, best_t, best_score = E_c[j], R[j : j + 1], t[j : j + 1], score
+        best_inliers = int((r2_c[j] < thr2).sum())
         needed = required_iterations(best_inliers / N, options.confidence)
 
     if best_E is None or best_R is None or best_t is None:

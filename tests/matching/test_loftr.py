@@ -57,7 +57,9 @@ def image_pair() -> tuple[np.ndarray, np.ndarray]:
         noise = cv2.GaussianBlur(rng.uniform(0, 255, (256, 456)).astype(np.float32), (0, 0), 2.0)
         image = cv2.normalize(noise, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     y, x = image.shape[0] // 2 - 75, image.shape[1] // 2 - 100
-    return np.ascontiguousarray(image[y : y + 150, x : x + 200]), np.ascontiguousarray(image[y + 6 : y + 156, x + 9 : x + 209])
+    crop0 = np.ascontiguousarray(image[y : y + 150, x : x + 200])
+    crop1 = np.ascontiguousarray(image[y + 6 : y + 156, x + 9 : x + 209])
+    return crop0, crop1
 
 
 def _one_line(error: pytest.ExceptionInfo) -> str:

@@ -48,8 +48,11 @@ def _real_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nda
     cam = next(line.split() for line in (SAMPLES / "cameras.txt").read_text().splitlines() if line[:1].isdigit())
     fx, fy, cx, cy = map(float, cam[4:8])
     K = np.array([[fx, 0, cx - 0.5], [0, fy, cy - 0.5], [0, 0, 1.0]])
-    rows = [list(map(float, line.split())) for line in (SAMPLES / "ground_truth.txt").read_text().splitlines()
-            if line.strip() and not line.startswith("#")]
+    rows = [
+        list(map(float, line.split()))
+        for line in (SAMPLES / "ground_truth.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     return images[0], images[1], K, np.array(rows[:3]), np.array(rows[3])
 
 
@@ -172,7 +175,8 @@ def test_match_descriptors_edge_cases():
 
 
 def test_wrap_angle():
-    angles = torch.tensor([0.0, math.pi, -math.pi, 3 * math.pi, -3 * math.pi / 2, 2 * math.pi + 0.1], dtype=torch.float64)
+    pi = math.pi
+    angles = torch.tensor([0.0, pi, -pi, 3 * pi, -3 * pi / 2, 2 * pi + 0.1], dtype=torch.float64)
     expected = torch.tensor([0.0, math.pi, math.pi, math.pi, math.pi / 2, 0.1], dtype=torch.float64)
     torch.testing.assert_close(wrap_angle(angles), expected)
 
@@ -211,7 +215,7 @@ def test_opencv_real_pair_matches_agree_with_ground_truth():
     image0, image1, K, R, t = _real_pair()
     matcher = OpenCVSift()
     m = matcher(image0, image1)
-    assert m.matcher == "sift-opencv(n=8000,ratio=0.8,resize=None)"
+    assert m.matcher == "sift-opencv(n=8000,ratio=0.8,resize=None,contrast=0.01)"
     _check_matches(m, image0.shape, image1.shape, 0.8)
     assert len(m) > 300
     err = _sampson_px(m.keypoints0.numpy(), m.keypoints1.numpy(), K, R, t)
