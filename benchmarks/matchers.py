@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
-DEFAULT_DATA = Path("/work/shared/data/scenes")
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "scenes"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "matchers.md"
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed trapz

@@ -1,6 +1,6 @@
 """Posed scenes in the COLMAP model layout: cameras, world-to-camera poses, and the pairs to evaluate.
 
-Layout (see ``/work/shared/data/README.md``)::
+Layout (as in the development scenes of ``shared/data/``)::
 
     <scene>/images/<name>                  the images
     <scene>/sparse/cameras.{bin,txt}       intrinsics (also accepted: <scene>/sparse/0/ or <scene>/ itself)

@@ -27,7 +27,7 @@ from mbp_cli.io.calibration import (
     select_camera,
 )
 
-SCENES = Path("/work/shared/data/scenes")
+from paths import SCENES  # noqa: E402
 
 K_TEXT = "1000 0 319.5\n0 1010 239.5\n0 0 1\n"
 

@@ -22,7 +22,7 @@ from mbp_cli.io.colmap import (
     relative_pose,
 )
 
-SCENES = Path("/work/shared/data/scenes")
+from paths import SCENES  # noqa: E402
 needs_scenes = pytest.mark.skipif(not SCENES.is_dir(), reason="development scenes not available")
 
 

@@ -12,7 +12,7 @@ import pytest
 from mbp_cli.errors import ExitCode, ImageError
 from mbp_cli.io.images import check_pair_distinct, is_textureless, load_image
 
-SCENES = Path("/work/shared/data/scenes")
+from paths import SCENES  # noqa: E402
 
 
 def _textured(h: int = 120, w: int = 160, seed: int = 0) -> np.ndarray:
