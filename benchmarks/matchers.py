@@ -342,7 +342,7 @@ def markdown(scenes: list[SceneResult], args: argparse.Namespace, command: str, 
         f"Command: `{command}`",
         "",
         f"Settings: {args.num_features} features, ratio {args.ratio}, mutual NN, RootSIFT, "
-        f"resize={'full resolution' if args.resize is None else f'long side {args.resize} px'} for both backends; "
+        f"resize={'full resolution' if args.resize is None else f'long side {args.resize} px'} for every backend; "
         f"GT-consistent = Sampson error < {args.gt_threshold} px under the GT essential matrix; pose by "
         f"poselib.estimate_relative_pose (max_epipolar_error {args.threshold} px, seed {args.seed}); "
         "pose error = max(rotation, unsigned translation angle), failure = 180 deg; AUC = exact integral "

@@ -50,14 +50,15 @@ def single_thread() -> None:
 
 def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features: int) -> dict:
     """Normalized matches and ground truth of every listed pair of one scene (cached on disk)."""
-    key = f"{scene_dir.name}_{matcher_name}_r{ratio:g}_n{num_features}"
+    matcher = create_matcher(matcher_name, num_features=num_features, ratio=ratio)
+    # The matcher's name spells out all its settings, so a change of any default gets a new cache entry.
+    key = f"{scene_dir.name}_{matcher.name}".replace("(", "_").replace(")", "").replace(",", "_").replace("=", "")
     path = CACHE / f"{key}.npz"
     if path.exists():
         data = np.load(path, allow_pickle=False)
         return json.loads(str(data["index"])) | {"arrays": {k: data[k] for k in data.files if k != "index"}}
     single_thread()
     scene = read_scene(scene_dir)
-    matcher = create_matcher(matcher_name, num_features=num_features, ratio=ratio)
     features = {}
     needed = sorted({n for pair in scene.pairs for n in pair})
     for name in needed:
@@ -71,7 +72,7 @@ def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features
         arrays[f"x1_{i}"] = cam1.pixels_to_normalized(m.keypoints1).numpy()
         arrays[f"ratio_{i}"] = m.side["ratio"].numpy()
         pairs.append({"image0": a, "image1": b, "focal": mean_focal(cam0, cam1), "R": R.tolist(), "t": (t / np.linalg.norm(t)).tolist()})
-    index = {"scene": scene_dir.name, "pairs": pairs}
+    index = {"scene": scene_dir.name, "matcher": matcher.name, "pairs": pairs}
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, index=json.dumps(index), **arrays)
@@ -149,10 +150,10 @@ def summarize(rows: list[dict], methods: list[str], thresholds: list[float]) -> 
     return summary
 
 
-def markdown(summary: dict, command: str, ratio: float) -> str:
+def markdown(summary: dict, command: str, matcher: str) -> str:
     ref = summary.get("poselib")
     lines = [
-        f"Same OpenCV-SIFT matches (ratio {ratio:g}, mutual NN, 8000 features) for every method; each at its best threshold.",
+        f"Same matches for every method ({matcher}); each method at its best threshold.",
         "AUC = exact integral (glue-factory's `pose_auc`), mAA = 5-degree-bin average of the ∇-RANSAC papers.",
         "Time: median per pair, single thread, estimation only (matching excluded).",
         "",
@@ -219,7 +220,7 @@ def main() -> None:
     print(file=sys.stderr)
     summary = summarize(rows, methods, thresholds)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    text = markdown(summary, command, args.ratio)
+    text = markdown(summary, command, indexes[0].get("matcher", args.matcher))
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"peers_ratio{args.ratio:g}" + (f"_max{args.max_pairs_per_scene}" if args.max_pairs_per_scene else "")
     (args.out / f"{stem}.md").write_text(text)
