@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--scenes", default="", help="comma-separated scene names (default: every scene folder)")
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--num-features", type=int, default=8000)
-    parser.add_argument("--matcher", default="sift-opencv")
+    parser.add_argument("--matcher", default="sift")
     parser.add_argument("--methods", default="mbp,opencv,poselib,pycolmap")
     parser.add_argument("--thresholds", default="0.25,0.5,1,2")
     parser.add_argument("--max-pairs-per-scene", type=int, default=0, help="0: all pairs")

@@ -53,34 +53,35 @@ def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
 def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     """The linear maps from ``vec(E)`` (row-major) to the five quantities of the Sampson distance.
 
-    For each correspondence, ``P @ vec(E)`` gives ``(x1^T E x0, (E x0)_1, (E x0)_2, (E^T x1)_1, (E^T x1)_2)``;
-    the signed Sampson residual is the first divided by the norm of the other four. Precomputing P turns every
-    residual and Jacobian evaluation of the LM loop into one matrix product.
+    For each correspondence n, ``P[:, n] @ vec(E)`` gives ``(x1^T E x0, (E x0)_1, (E x0)_2, (E^T x1)_1,
+    (E^T x1)_2)``; the signed Sampson residual is the first divided by the norm of the other four.
+    Precomputing P turns every residual and Jacobian evaluation of the LM loop into one matrix product.
 
     Args:
         x0, x1: (N, 2) normalized points.
 
     Returns:
-        (N, 5, 9) design tensor.
+        (5, N, 9) design tensor, quantity-major so that each quantity is a contiguous (N, H) block.
     """
     X0 = homogeneous(x0)
     X1 = homogeneous(x1)
     N = X0.shape[0]
-    P = X0.new_zeros(N, 5, 3, 3)
-    P[:, 0] = X1[:, :, None] * X0[:, None, :]
-    P[:, 1, 0] = X0
-    P[:, 2, 1] = X0
-    P[:, 3, :, 0] = X1
-    P[:, 4, :, 1] = X1
-    return P.reshape(N, 5, 9)
+    P = X0.new_zeros(5, N, 3, 3)
+    P[0] = X1[:, :, None] * X0[:, None, :]
+    P[1, :, 0] = X0
+    P[2, :, 1] = X0
+    P[3, :, :, 0] = X1
+    P[4, :, :, 1] = X1
+    return P.reshape(5, N, 9)
 
 
 def _residuals(design: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Signed Sampson residuals (H, N) of essential matrices (H, 3, 3), plus V (H, 5, N) and 1/sqrt(D)."""
-    N = design.shape[0]
-    V = (design.reshape(N * 5, 9) @ E.reshape(-1, 9).T).reshape(N, 5, -1).permute(2, 1, 0)
-    inv_sqrt_D = V[:, 1:].square().sum(1).clamp_min(1e-30).rsqrt()
-    return V[:, 0] * inv_sqrt_D, V, inv_sqrt_D
+    """Signed Sampson residuals (N, H) of essential matrices (H, 3, 3), plus V (5, N, H) and 1/sqrt(D) (N, H)."""
+    _, N, _ = design.shape
+    V = (design.reshape(5 * N, 9) @ E.reshape(-1, 9).T).view(5, N, -1)
+    D = (V[1] * V[1]).addcmul_(V[2], V[2]).addcmul_(V[3], V[3]).addcmul_(V[4], V[4])
+    inv_sqrt_D = D.clamp_min_(1e-30).rsqrt_()
+    return V[0] * inv_sqrt_D, V, inv_sqrt_D
 
 
 def sampson_residuals_and_jacobian(
@@ -90,7 +91,7 @@ def sampson_residuals_and_jacobian(
 
     Args:
         R: (H, 3, 3), t: (H, 3) unit.
-        design: (N, 5, 9) from :func:`epipolar_design`.
+        design: (5, N, 9) from :func:`epipolar_design`.
 
     Returns:
         r: (H, N) residuals; J: (H, N, 5) derivatives w.r.t. (w1, w2, w3, b1, b2) at zero update.
@@ -102,13 +103,13 @@ def sampson_residuals_and_jacobian(
     dE_trans = skew(_tangent_basis(t).transpose(1, 2)) @ R.unsqueeze(1)  # (H, 2, 3, 3)
     dE = torch.cat([dE_rot, dE_trans], 1)  # (H, 5, 3, 3)
     r, V, inv_sqrt_D = _residuals(design, E)
-    N = design.shape[0]
-    dV = (design.reshape(N * 5, 9) @ dE.reshape(H * 5, 9).T).reshape(N, 5, H, 5)  # (N, quantity, H, param)
-    dV = dV.permute(2, 3, 1, 0)  # (H, param, quantity, N)
+    _, N, _ = design.shape
+    dV = (design.reshape(5 * N, 9) @ dE.reshape(H * 5, 9).T).view(5, N, H, 5)  # (quantity, N, H, param)
     # r = V0 / sqrt(D), D = sum_c V_c^2 (c = 1..4): dr = dV0 / sqrt(D) - V0 / D^(3/2) * sum_c V_c dV_c.
-    dD_half = (V[:, None, 1:] * dV[:, :, 1:]).sum(2)  # (H, 5, N)
-    J = dV[:, :, 0] * inv_sqrt_D[:, None] - (r * inv_sqrt_D.square())[:, None] * dD_half
-    return r, J.transpose(1, 2)
+    dD_half = (V[1, ..., None] * dV[1]).addcmul_(V[2, ..., None], dV[2])
+    dD_half.addcmul_(V[3, ..., None], dV[3]).addcmul_(V[4, ..., None], dV[4])
+    J = (dV[0] * inv_sqrt_D[..., None]).sub_(dD_half.mul_((r * inv_sqrt_D * inv_sqrt_D)[..., None]))
+    return r.T, J.transpose(0, 1)
 
 
 def robust_cost_and_weights(r2: torch.Tensor, scale: float, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,7 +159,7 @@ def refine_pose(
     design = epipolar_design(x0, x1)
 
     def cost_of(R_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-        r = _residuals(design, essential_from_pose(R_, t_))[0]
+        r = _residuals(design, essential_from_pose(R_, t_))[0].T
         return (robust_cost_and_weights(r * r, scale, options.loss)[0] * pw).sum(-1)
 
     lam = torch.full((H,), options.initial_lambda, dtype=R.dtype, device=R.device)
