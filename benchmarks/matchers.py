@@ -1,16 +1,26 @@
 """Compare the SIFT backends (OpenCV vs kornia) on the posed scenes: speed, matches, GT consistency, pose AUC.
 
-For every selected pair of every selected PINHOLE scene (``<data>/<scene>/pairs.txt``, sub-sampled at random with a
-fixed seed), each backend extracts RootSIFT features once per image (single thread, timed), matches them with the
-same mutual-NN + ratio test, and the matches are scored against the ground truth of ``sparse/``:
+For every selected pair of every selected scene (``<data>/<scene>/pairs.txt``, sub-sampled at random with a
+fixed seed; scenes read by ``mbp_cli.io.colmap.read_scene``), each backend extracts RootSIFT features once per image
+(single thread, timed), matches them with the same mutual-NN + ratio test, and the matches are scored against the
+ground truth of ``sparse/``:
 
 * GT-consistent fraction: share of matches with Sampson error < ``--gt-threshold`` px under the GT essential matrix
-  (Sampson distance on normalized coordinates times the mean focal length of the pair);
+  (``mbp_cli.geometry.essential.sampson_squared`` on normalized coordinates, square-rooted, times the mean focal
+  length of the pair);
 * pose AUC@5/10/20 deg: PoseLib's ``estimate_relative_pose`` (LO-RANSAC + refinement, same options for both
-  backends), pose error = max(rotation angle error, unsigned translation angle error), failure = 180 deg, AUC as the
-  exact area under the recall curve (SuperGlue's ``pose_auc``).
+  backends, pixel cameras), pose error = max(rotation angle error, unsigned translation angle error) from
+  ``mbp_cli.metrics.pose_error_deg``, failure = 180 deg, AUC as the exact area under the recall curve
+  (``mbp_cli.metrics.pose_auc``, SuperGlue's / glue-factory's ``pose_auc``, reported in %).
 
-Scenes with lens distortion (OPENCV, RADIAL, ...) are skipped: keypoints would need undistorting first.
+Scenes with lens distortion (OPENCV, RADIAL, ...) are evaluated too (they used to be skipped): features are still
+extracted on the original images, and the matched keypoints are undistorted with ``Camera.pixels_to_normalized``
+before scoring — the normalized points for the Sampson error, and for PoseLib the same points mapped back through
+the pinhole ``K`` (undistorted pixels). Cameras without distortion give PoseLib exactly the keypoints and camera
+they got before (the Sampson error differs from the old in-script formula by rounding only), so the numbers of
+PINHOLE scenes (every scene of ``benchmarks/results/matchers.md``) are unchanged; a report that includes a distorted
+scene says so in its settings line. Only scenes that are missing or cannot be read (e.g. an unsupported camera
+model) are skipped.
 
 Usage::
 
@@ -24,7 +34,6 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
-import math
 import os
 import random
 import shlex
@@ -35,15 +44,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from mbp_cli.errors import CalibrationError  # noqa: E402
+from mbp_cli.geometry.essential import essential_from_pose, sampson_squared  # noqa: E402
+from mbp_cli.io.calibration import Camera  # noqa: E402
+from mbp_cli.io.colmap import Scene, read_scene, relative_pose  # noqa: E402
+from mbp_cli.metrics import FAILURE_ERROR_DEG, pose_auc, pose_error_deg  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scenes"
 DEFAULT_OUTPUT = REPO / "benchmarks" / "results" / "matchers.md"
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy >= 2 renamed trapz
 BACKENDS = ("sift-opencv", "sift-kornia")
 DEFAULT_CACHE = REPO / "benchmarks" / "cache" / "matchers"
 
@@ -65,105 +80,26 @@ def parse_backend(spec: str) -> tuple[str, dict[str, object]]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Ground truth (tiny COLMAP text reader: mbp_cli.io.colmap is written separately)
+# Ground truth and keypoint geometry (cameras: mbp_cli.io.calibration.Camera, OpenCV pixel convention)
 
 
-@dataclass
-class Camera:
-    """A PINHOLE camera; ``K`` uses the pixel-centre-at-(0, 0) convention (COLMAP's cx, cy minus 0.5)."""
-
-    model: str
-    width: int
-    height: int
-    params: np.ndarray
-
-    @property
-    def K(self) -> np.ndarray:
-        fx, fy, cx, cy = self.params[:4]
-        return np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
-
-    def poselib_dict(self) -> dict:
-        fx, fy, cx, cy = self.params[:4]
-        return {"model": "PINHOLE", "width": self.width, "height": self.height, "params": [fx, fy, cx - 0.5, cy - 0.5]}
+def poselib_camera(cam: Camera) -> dict:
+    """PoseLib pinhole camera of ``cam`` (principal point already in the pixel-centre convention)."""
+    return {"model": "PINHOLE", "width": cam.width, "height": cam.height, "params": [cam.fx, cam.fy, cam.cx, cam.cy]}
 
 
-def quaternion_to_rotation(q: np.ndarray) -> np.ndarray:
-    """Rotation matrix of a Hamilton quaternion (w, x, y, z) (normalised first)."""
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+def undistorted_pixels(cam: Camera, kp: np.ndarray, normalized: np.ndarray) -> np.ndarray:
+    """Keypoints for PoseLib's pinhole camera: ``kp`` itself without distortion (bit-identical to the old script),
+    otherwise the undistorted ``normalized`` points mapped back through ``K``."""
+    if not cam.is_distorted:
+        return kp
+    return normalized * np.array([cam.fx, cam.fy]) + np.array([cam.cx, cam.cy])
 
 
-def read_cameras(path: Path) -> dict[int, Camera]:
-    cameras = {}
-    for line in path.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        parts = line.split()
-        cameras[int(parts[0])] = Camera(parts[1], int(parts[2]), int(parts[3]), np.array(parts[4:], dtype=float))
-    return cameras
-
-
-def read_images(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray, int]]:
-    """name -> (R, t, camera_id) world-to-camera. images.txt alternates pose lines and (here empty) point lines."""
-    images = {}
-    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    for line in lines[::2]:
-        parts = line.split()
-        if len(parts) < 10:
-            continue
-        q = np.array(parts[1:5], dtype=float)
-        t = np.array(parts[5:8], dtype=float)
-        images[" ".join(parts[9:])] = (quaternion_to_rotation(q), t, int(parts[8]))
-    return images
-
-
-def skew(v: np.ndarray) -> np.ndarray:
-    return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
-
-
-def sampson_pixels(E: np.ndarray, K0: np.ndarray, K1: np.ndarray, kp0: np.ndarray, kp1: np.ndarray) -> np.ndarray:
+def sampson_pixels(E: torch.Tensor, cam0: Camera, cam1: Camera, x0: torch.Tensor, x1: torch.Tensor) -> np.ndarray:
     """Sampson distance (method.md section 0) on normalized coordinates, times the mean focal length -> pixels."""
-    x0 = np.linalg.solve(K0, np.c_[kp0, np.ones(len(kp0))].T)  # (3, N)
-    x1 = np.linalg.solve(K1, np.c_[kp1, np.ones(len(kp1))].T)
-    Ex0 = E @ x0
-    Etx1 = E.T @ x1
-    num = np.sum(x1 * Ex0, axis=0) ** 2
-    den = Ex0[0] ** 2 + Ex0[1] ** 2 + Etx1[0] ** 2 + Etx1[1] ** 2
-    focal = (K0[0, 0] + K0[1, 1] + K1[0, 0] + K1[1, 1]) / 4.0
-    return np.sqrt(num / np.maximum(den, 1e-300)) * focal
-
-
-def angle_deg(R: np.ndarray) -> float:
-    return math.degrees(math.acos(np.clip((np.trace(R) - 1.0) / 2.0, -1.0, 1.0)))
-
-
-def pose_error(R_est: np.ndarray, t_est: np.ndarray, R_gt: np.ndarray, t_gt: np.ndarray) -> float:
-    """max(rotation error, unsigned translation direction error), degrees."""
-    err_r = angle_deg(R_est @ R_gt.T)
-    cos = np.dot(t_est, t_gt) / max(np.linalg.norm(t_est) * np.linalg.norm(t_gt), 1e-15)
-    err_t = math.degrees(math.acos(np.clip(cos, -1.0, 1.0)))
-    return max(err_r, min(err_t, 180.0 - err_t))
-
-
-def pose_auc(errors: list[float], thresholds: tuple[float, ...] = AUC_THRESHOLDS) -> list[float]:
-    """Exact area under the recall-vs-error curve up to each threshold, normalised to [0, 100]."""
-    errs = np.sort(np.asarray(errors, dtype=float))
-    recall = np.arange(1, len(errs) + 1) / len(errs)
-    errs = np.r_[0.0, errs]
-    recall = np.r_[0.0, recall]
-    aucs = []
-    for thr in thresholds:
-        last = int(np.searchsorted(errs, thr))
-        r = np.r_[recall[:last], recall[last - 1]]
-        e = np.r_[errs[:last], thr]
-        aucs.append(100.0 * float(_trapezoid(r, x=e)) / thr)
-    return aucs
+    focal = (cam0.mean_focal + cam1.mean_focal) / 2.0
+    return sampson_squared(E[None], x0, x1)[0].sqrt().numpy() * focal
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -193,18 +129,17 @@ class SceneResult:
     results: list[PairResult] = field(default_factory=list)
 
 
-def extract_cached(matcher, scene_dir: Path, name: str, cache_dir: Path | None):
+def extract_cached(matcher, scene: Scene, name: str, cache_dir: Path | None):
     """Features of one image, the (wall, CPU) seconds their extraction took, and whether they came from the cache.
 
     The cache key is the matcher's name (backend and every setting) and the image file's path, size and mtime, so a
     changed setting or image is extracted again; the stored timings are those of the original extraction.
     """
     import cv2
-    import torch
 
     from mbp_cli.matching.sift import Features
 
-    path = scene_dir / "images" / name
+    path = scene.image_path(name)
     cache_file = None
     if cache_dir is not None:
         stat = path.stat()
@@ -239,20 +174,17 @@ def extract_cached(matcher, scene_dir: Path, name: str, cache_dir: Path | None):
     return features, wall, cpu, False
 
 
-def run_scene(scene_dir: Path, pairs: list[tuple[str, str]], args: argparse.Namespace) -> SceneResult:
+def run_scene(scene: Scene, pairs: list[tuple[str, str]], args: argparse.Namespace) -> SceneResult:
     # one thread per process: the timings are single-thread figures, and --workers processes share the cores
     import cv2
     import poselib
-    import torch
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     from mbp_cli.matching import create_matcher
 
-    cameras = read_cameras(scene_dir / "sparse" / "cameras.txt")
-    images = read_images(scene_dir / "sparse" / "images.txt")
     names = sorted({name for pair in pairs for name in pair})
-    out = SceneResult(scene_dir.name, len(pairs))
+    out = SceneResult(scene.root.name, len(pairs))
     for backend in args.backends:
         kind, options = parse_backend(backend)
         matcher = create_matcher(kind, num_features=args.num_features, ratio=args.ratio, resize=args.resize, **options)
@@ -261,39 +193,43 @@ def run_scene(scene_dir: Path, pairs: list[tuple[str, str]], args: argparse.Name
         out.cpu[backend] = []
         out.features[backend] = []
         for name in names:
-            features[name], wall, cpu, hit = extract_cached(matcher, scene_dir, name, args.cache_dir)
+            features[name], wall, cpu, hit = extract_cached(matcher, scene, name, args.cache_dir)
             out.cache_hits += int(hit)
             out.extraction[backend].append(wall)
             out.cpu[backend].append(cpu)
             out.features[backend].append(len(features[name]))
         for name0, name1 in pairs:
-            R0, t0, c0 = images[name0]
-            R1, t1, c1 = images[name1]
-            cam0, cam1 = cameras[c0], cameras[c1]
-            R_gt = R1 @ R0.T
-            t_gt = t1 - R_gt @ t0
-            E_gt = skew(t_gt / np.linalg.norm(t_gt)) @ R_gt
+            cam0, cam1 = scene.camera_of(name0), scene.camera_of(name1)
+            R_gt, t_gt = relative_pose(scene, name0, name1)
+            E_gt = essential_from_pose(torch.from_numpy(R_gt), torch.from_numpy(t_gt / np.linalg.norm(t_gt)))
 
             start = time.perf_counter()
             matches = matcher.match(features[name0], features[name1])
             match_time = time.perf_counter() - start
             kp0 = matches.keypoints0.numpy()
             kp1 = matches.keypoints1.numpy()
-            sampson = sampson_pixels(E_gt, cam0.K, cam1.K, kp0, kp1)
+            x0 = cam0.pixels_to_normalized(matches.keypoints0)  # float64, undistorted
+            x1 = cam1.pixels_to_normalized(matches.keypoints1)
+            sampson = sampson_pixels(E_gt, cam0, cam1, x0, x1)
             consistent = int((sampson < args.gt_threshold).sum())
 
             start = time.perf_counter()
-            err = 180.0
+            err = FAILURE_ERROR_DEG
             if len(kp0) >= 5:
                 ransac = {"max_epipolar_error": args.threshold, "seed": args.seed}
                 pose, info = poselib.estimate_relative_pose(
-                    kp0, kp1, cam0.poselib_dict(), cam1.poselib_dict(), ransac, {}
+                    undistorted_pixels(cam0, kp0, x0.numpy()),
+                    undistorted_pixels(cam1, kp1, x1.numpy()),
+                    poselib_camera(cam0),
+                    poselib_camera(cam1),
+                    ransac,
+                    {},
                 )
                 if info.get("num_inliers", 0) >= 5:
-                    err = pose_error(np.asarray(pose.R), np.asarray(pose.t), R_gt, t_gt)
+                    err = max(pose_error_deg(np.asarray(pose.R), np.asarray(pose.t), R_gt, t_gt))
             pose_time = time.perf_counter() - start
             out.results.append(
-                PairResult(backend, scene_dir.name, (name0, name1), len(kp0), consistent, err, match_time, pose_time)
+                PairResult(backend, out.scene, (name0, name1), len(kp0), consistent, err, match_time, pose_time)
             )
     return out
 
@@ -308,7 +244,7 @@ def summarise(
     errors = [r.pose_error for r in rows]
     matches = np.array([r.matches for r in rows], dtype=float)
     consistent = np.array([r.gt_consistent for r in rows], dtype=float)
-    auc5, auc10, auc20 = pose_auc(errors)
+    auc5, auc10, auc20 = (100.0 * auc for auc in pose_auc(errors, AUC_THRESHOLDS))  # in %
     return {
         "pairs": len(rows),
         "images": len(extraction),
@@ -323,13 +259,20 @@ def summarise(
         "auc10": auc10,
         "auc20": auc20,
         "median_error": float(np.median(errors)),
-        "failures": int(sum(e >= 180.0 for e in errors)),
+        "failures": int(sum(e >= FAILURE_ERROR_DEG for e in errors)),
         "match_ms": 1000.0 * float(np.mean([r.match_time for r in rows])),
         "pose_ms": 1000.0 * float(np.mean([r.pose_time for r in rows])),
     }
 
 
-def markdown(scenes: list[SceneResult], args: argparse.Namespace, command: str, skipped: list[str], wall: float) -> str:
+def markdown(
+    scenes: list[SceneResult],
+    args: argparse.Namespace,
+    command: str,
+    skipped: list[str],
+    wall: float,
+    distorted: list[str] | None = None,
+) -> str:
     hits = sum(scene.cache_hits for scene in scenes)
     header = (
         "| backend | scene | pairs | images | extract CPU s/img (wall) | features/img | matches median (mean) "
@@ -352,10 +295,18 @@ def markdown(scenes: list[SceneResult], args: argparse.Namespace, command: str, 
         "time is the process CPU time of `extract` (robust to other load on the machine), with the wall time in "
         "parentheses; match and PoseLib times are wall times. "
         f"Total wall time {wall / 60:.1f} min"
-        + (f" ({hits} feature sets read from the cache, timed when first extracted)." if hits else "."),
+        + (f" ({hits} feature sets read from the cache, timed when first extracted)." if hits else ".")
+        + (
+            " Scenes with lens distortion ("
+            + ", ".join(distorted)
+            + "): keypoints undistorted (Camera.pixels_to_normalized) before the Sampson error and PoseLib; "
+            "features extracted on the original images."
+            if distorted
+            else ""
+        ),
     ]
     if skipped:
-        lines += ["", "Skipped (not PINHOLE or not found): " + ", ".join(skipped)]
+        lines += ["", "Skipped (not found or unreadable, e.g. an unsupported camera model): " + ", ".join(skipped)]
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     for backend in args.backends:
         all_rows, all_ext, all_cpu, all_feat = [], [], [], []
@@ -410,27 +361,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     words = [os.path.relpath(sys.argv[0], REPO), *(argv if argv is not None else sys.argv[1:])]
     command = "python " + " ".join(shlex.quote(word) for word in words)
-    jobs, skipped = [], []
-    for scene in [s.strip() for s in args.scenes.split(",") if s.strip()]:
-        scene_dir = args.data / scene
-        cameras_txt = scene_dir / "sparse" / "cameras.txt"
-        if not cameras_txt.is_file() or any(c.model != "PINHOLE" for c in read_cameras(cameras_txt).values()):
-            skipped.append(scene)
+    jobs, skipped, distorted = [], [], []
+    for name in [s.strip() for s in args.scenes.split(",") if s.strip()]:
+        try:
+            scene = read_scene(args.data / name)
+        except CalibrationError as exc:  # SceneError included: missing or malformed model, unsupported camera
+            print(f"skipping scene {name}: {exc}", file=sys.stderr)
+            skipped.append(name)
             continue
-        pairs = [tuple(line.split()[:2]) for line in (scene_dir / "pairs.txt").read_text().splitlines() if line.strip()]
-        pairs = random.Random(args.seed).sample(pairs, min(args.max_pairs_per_scene, len(pairs)))
-        jobs.append((scene_dir, sorted(pairs)))
+        if not scene.pairs:
+            print(f"skipping scene {name}: no pairs.txt (or an empty one) in {scene.root}", file=sys.stderr)
+            skipped.append(name)
+            continue
+        if any(camera.is_distorted for camera in scene.cameras.values()):
+            distorted.append(name)
+        pairs = random.Random(args.seed).sample(scene.pairs, min(args.max_pairs_per_scene, len(scene.pairs)))
+        jobs.append((scene, sorted(pairs)))
 
     # largest scenes first, so that the worker processes finish at about the same time
     jobs.sort(key=lambda job: -len({name for pair in job[1] for name in pair}))
     start = time.perf_counter()
     if args.workers > 1:
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
-            futures = [pool.submit(run_scene, scene_dir, pairs, args) for scene_dir, pairs in jobs]
+            futures = [pool.submit(run_scene, scene, pairs, args) for scene, pairs in jobs]
             scenes = [f.result() for f in futures]
     else:
-        scenes = [run_scene(scene_dir, pairs, args) for scene_dir, pairs in jobs]
-    report = markdown(scenes, args, command, skipped, time.perf_counter() - start)
+        scenes = [run_scene(scene, pairs, args) for scene, pairs in jobs]
+    report = markdown(scenes, args, command, skipped, time.perf_counter() - start, distorted)
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
