@@ -109,7 +109,7 @@ def estimate(
     # Imports here keep `mbp --help` and `mbp --version` fast.
     from mbp_cli.io.calibration import resolve_cameras
     from mbp_cli.io.output import check_output_path
-    from mbp_cli.pipeline import EstimateConfig, estimate_pair
+    from mbp_cli.pipeline import EstimateConfig, create_pair_matcher, estimate_pair, resolve_device
     from mbp_cli.report import check_visualization_path, print_summary, save_visualization, to_json
     from mbp_cli.report import save_matches as write_matches
     from mbp_cli.robust.ransac import RansacOptions
@@ -126,11 +126,6 @@ def estimate(
                 matcher=matcher, num_features=num_features, ratio=ratio, resize=resize,
                 loftr_weights=loftr_weights, ransac=ransac, device=device,
             )
-            from mbp_cli.matching import MATCHERS
-            from mbp_cli.pipeline import create_pair_matcher, resolve_device
-
-            if matcher not in MATCHERS:
-                raise ValueError(f"unknown matcher {matcher!r}; choose one of {', '.join(MATCHERS)}")
             resolve_device(device)
         except ValueError as exc:
             raise fail(f"{exc}", ExitCode.USAGE) from None

@@ -22,7 +22,7 @@ from mbp_cli.estimator import RelativePose, estimate_relative_pose
 from mbp_cli.geometry.solver import SAMPLE_SIZE
 from mbp_cli.io.calibration import Camera
 from mbp_cli.io.images import check_pair_distinct, is_textureless, load_image
-from mbp_cli.matching import Matches, create_matcher
+from mbp_cli.matching import MATCHERS, Matches, create_matcher
 from mbp_cli.robust.ransac import RansacOptions
 
 
@@ -48,6 +48,12 @@ class EstimateConfig:
     loftr_weights: str | None = None
     ransac: RansacOptions = field(default_factory=RansacOptions)
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.matcher not in MATCHERS:
+            raise ValueError(f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
