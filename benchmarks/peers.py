@@ -71,7 +71,15 @@ def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features
         arrays[f"x0_{i}"] = cam0.pixels_to_normalized(m.keypoints0).numpy()
         arrays[f"x1_{i}"] = cam1.pixels_to_normalized(m.keypoints1).numpy()
         arrays[f"ratio_{i}"] = m.side["ratio"].numpy()
-        pairs.append({"image0": a, "image1": b, "focal": mean_focal(cam0, cam1), "R": R.tolist(), "t": (t / np.linalg.norm(t)).tolist()})
+        pairs.append(
+            {
+                "image0": a,
+                "image1": b,
+                "focal": mean_focal(cam0, cam1),
+                "R": R.tolist(),
+                "t": (t / np.linalg.norm(t)).tolist(),
+            }
+        )
     index = {"scene": scene_dir.name, "matcher": matcher.name, "pairs": pairs}
     CACHE.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
@@ -107,11 +115,21 @@ def _worker(task: tuple) -> list[dict]:
                     out = est.estimate(x0, x1, meta["focal"], thr, q)
                     out_R, out_t, elapsed, status, n_in = out.R, out.t, out.time_ms, out.status, int(out.inliers.sum())
                 err_R, err_t = pose_error_deg(out_R, out_t, R_gt, t_gt)
-                rows.append({
-                    "scene": data["scene"], "image0": meta["image0"], "image1": meta["image1"], "method": name,
-                    "threshold_px": thr, "num_matches": int(len(x0)), "num_inliers": n_in, "status": status,
-                    "err_R_deg": err_R, "err_t_deg": err_t, "time_ms": elapsed,
-                })
+                rows.append(
+                    {
+                        "scene": data["scene"],
+                        "image0": meta["image0"],
+                        "image1": meta["image1"],
+                        "method": name,
+                        "threshold_px": thr,
+                        "num_matches": int(len(x0)),
+                        "num_inliers": n_in,
+                        "status": status,
+                        "err_R_deg": err_R,
+                        "err_t_deg": err_t,
+                        "time_ms": elapsed,
+                    }
+                )
     return rows
 
 
@@ -142,7 +160,14 @@ def summarize(rows: list[dict], methods: list[str], thresholds: list[float]) -> 
                 for s in scenes
             },
             "all_thresholds": {
-                thr: pose_auc([max(r["err_R_deg"], r["err_t_deg"]) for r in rows if r["method"] == m and r["threshold_px"] == thr], AUC_THRESHOLDS)
+                thr: pose_auc(
+                    [
+                        max(r["err_R_deg"], r["err_t_deg"])
+                        for r in rows
+                        if r["method"] == m and r["threshold_px"] == thr
+                    ],
+                    AUC_THRESHOLDS,
+                )
                 for thr in thresholds
             },
         }
@@ -168,13 +193,23 @@ def markdown(summary: dict, command: str, matcher: str) -> str:
             f"{s['median_time_ms']:.1f} | {ratio_t} |"
         )
     scenes = sorted(next(iter(summary.values()))["per_scene"])
-    lines += ["", "AUC@5 per scene (each method at its best threshold):", "",
-              "| method | " + " | ".join(scenes) + " |", "|---|" + "---|" * len(scenes)]
+    lines += [
+        "",
+        "AUC@5 per scene (each method at its best threshold):",
+        "",
+        "| method | " + " | ".join(scenes) + " |",
+        "|---|" + "---|" * len(scenes),
+    ]
     for m, s in summary.items():
         lines.append(f"| {m} | " + " | ".join(f"{100 * s['per_scene'][sc][0]:.1f}" for sc in scenes) + " |")
     thresholds = list(next(iter(summary.values()))["all_thresholds"])
-    lines += ["", "AUC@5 at every threshold tried:", "", "| method | " + " | ".join(f"{t:g} px" for t in thresholds) + " |",
-              "|---|" + "---|" * len(thresholds)]
+    lines += [
+        "",
+        "AUC@5 at every threshold tried:",
+        "",
+        "| method | " + " | ".join(f"{t:g} px" for t in thresholds) + " |",
+        "|---|" + "---|" * len(thresholds),
+    ]
     for m, s in summary.items():
         lines.append(f"| {m} | " + " | ".join(f"{100 * s['all_thresholds'][t][0]:.1f}" for t in thresholds) + " |")
     lines += ["", f"Command: `{command}`", ""]
@@ -203,20 +238,37 @@ def main() -> None:
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
     with ProcessPoolExecutor(args.workers) as pool:  # features once per scene, in parallel
-        indexes = list(pool.map(scene_matches, scene_dirs, [args.matcher] * len(scene_dirs),
-                                [args.ratio] * len(scene_dirs), [args.num_features] * len(scene_dirs)))
+        indexes = list(
+            pool.map(
+                scene_matches,
+                scene_dirs,
+                [args.matcher] * len(scene_dirs),
+                [args.ratio] * len(scene_dirs),
+                [args.num_features] * len(scene_dirs),
+            )
+        )
     tasks = []
-    for scene_dir, index in zip(scene_dirs, indexes):
+    for scene_dir, index in zip(scene_dirs, indexes, strict=True):
         n = len(index["pairs"])
-        chosen = list(range(n)) if not args.max_pairs_per_scene else list(np.linspace(0, n - 1, min(n, args.max_pairs_per_scene)).round().astype(int))
+        chosen = (
+            list(range(n))
+            if not args.max_pairs_per_scene
+            else list(np.linspace(0, n - 1, min(n, args.max_pairs_per_scene)).round().astype(int))
+        )
         for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 25)):
-            tasks.append((str(scene_dir), args.matcher, args.ratio, args.num_features, methods, thresholds, chunk.tolist()))
+            tasks.append(
+                (str(scene_dir), args.matcher, args.ratio, args.num_features, methods, thresholds, chunk.tolist())
+            )
     start = time.perf_counter()
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-            print(f"\r{len(rows) // (len(methods) * len(thresholds))} pairs  {time.perf_counter() - start:.0f} s", end="", file=sys.stderr)
+            print(
+                f"\r{len(rows) // (len(methods) * len(thresholds))} pairs  {time.perf_counter() - start:.0f} s",
+                end="",
+                file=sys.stderr,
+            )
     print(file=sys.stderr)
     summary = summarize(rows, methods, thresholds)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -37,7 +37,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def main(
     version: Annotated[
-        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
 ) -> None:
     """mbp: relative pose estimation for calibrated image pairs."""
@@ -54,7 +54,7 @@ def _silence_opencv_log() -> None:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def _existing_files(*specs: Optional[str]) -> list[Path]:
+def _existing_files(*specs: str | None) -> list[Path]:
     """The specs that name existing files (calibration and weights options also take inline values)."""
     files = []
     for spec in specs:
@@ -79,29 +79,53 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 def estimate(
     image0: Annotated[str, typer.Argument(help="Image 0 (the pose maps camera 0 to camera 1).", show_default=False)],
     image1: Annotated[str, typer.Argument(help="Image 1.", show_default=False)],
-    K: Annotated[Optional[str], typer.Option("--K", help="Calibration of both images: 3x3 text file, 'fx,fy,cx,cy', OpenCV YAML/XML, or COLMAP cameras.txt/.bin.")] = None,
-    K0: Annotated[Optional[str], typer.Option("--K0", help="Calibration of image 0 (with --K1).")] = None,
-    K1: Annotated[Optional[str], typer.Option("--K1", help="Calibration of image 1 (with --K0).")] = None,
-    camera_id: Annotated[Optional[int], typer.Option("--camera-id", help="Camera id in a COLMAP file with several cameras.")] = None,
-    camera_id0: Annotated[Optional[int], typer.Option("--camera-id0", help="COLMAP camera id of image 0 (overrides --camera-id).")] = None,
-    camera_id1: Annotated[Optional[int], typer.Option("--camera-id1", help="COLMAP camera id of image 1 (overrides --camera-id).")] = None,
+    K: Annotated[
+        str | None,
+        typer.Option(
+            "--K",
+            help="Calibration of both images: 3x3 text file, 'fx,fy,cx,cy', OpenCV YAML/XML, or COLMAP cameras.txt/.bin.",
+        ),
+    ] = None,
+    K0: Annotated[str | None, typer.Option("--K0", help="Calibration of image 0 (with --K1).")] = None,
+    K1: Annotated[str | None, typer.Option("--K1", help="Calibration of image 1 (with --K0).")] = None,
+    camera_id: Annotated[
+        int | None, typer.Option("--camera-id", help="Camera id in a COLMAP file with several cameras.")
+    ] = None,
+    camera_id0: Annotated[
+        int | None, typer.Option("--camera-id0", help="COLMAP camera id of image 0 (overrides --camera-id).")
+    ] = None,
+    camera_id1: Annotated[
+        int | None, typer.Option("--camera-id1", help="COLMAP camera id of image 1 (overrides --camera-id).")
+    ] = None,
     matcher: Annotated[str, typer.Option(help="sift (default backend), sift-opencv, sift-kornia or loftr.")] = "sift",
-    resize: Annotated[Optional[int], typer.Option(help="Long side in pixels for matching; keypoints map back exactly.")] = None,
+    resize: Annotated[
+        int | None, typer.Option(help="Long side in pixels for matching; keypoints map back exactly.")
+    ] = None,
     ratio: Annotated[float, typer.Option(help="Lowe ratio-test threshold (SIFT).")] = 0.8,
     num_features: Annotated[int, typer.Option(help="SIFT features per image at most.")] = 8000,
-    loftr_weights: Annotated[Optional[str], typer.Option(help="LoFTR checkpoint (else $MBP_LOFTR_WEIGHTS or torch-hub's cache).")] = None,
+    loftr_weights: Annotated[
+        str | None, typer.Option(help="LoFTR checkpoint (else $MBP_LOFTR_WEIGHTS or torch-hub's cache).")
+    ] = None,
     threshold: Annotated[float, typer.Option(help="Inlier threshold on the Sampson distance, pixels.")] = 1.0,
     confidence: Annotated[float, typer.Option(help="RANSAC confidence for adaptive termination.")] = 0.9999,
     max_iterations: Annotated[int, typer.Option(help="Most minimal samples.")] = 10_000,
     sampler: Annotated[str, typer.Option(help="prosac (by match quality) or uniform.")] = "prosac",
     scoring: Annotated[str, typer.Option(help="magsac (MAGSAC++) or msac.")] = "magsac",
-    local_optimization: Annotated[bool, typer.Option("--lo/--no-lo", help="Local optimisation of each new best model.")] = True,
-    refinement: Annotated[bool, typer.Option("--refine/--no-refine", help="Final Levenberg-Marquardt refinement.")] = True,
+    local_optimization: Annotated[
+        bool, typer.Option("--lo/--no-lo", help="Local optimisation of each new best model.")
+    ] = True,
+    refinement: Annotated[
+        bool, typer.Option("--refine/--no-refine", help="Final Levenberg-Marquardt refinement.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal results.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu",
     json_output: Annotated[bool, typer.Option("--json", help="Print the full result as JSON on stdout.")] = False,
-    save_viz: Annotated[Optional[Path], typer.Option(help="Draw inliers (green) and outliers (red) into this PNG/JPG.")] = None,
-    save_matches: Annotated[Optional[Path], typer.Option(help="Write the matches, side information and inlier flags (.npz or .csv).")] = None,
+    save_viz: Annotated[
+        Path | None, typer.Option(help="Draw inliers (green) and outliers (red) into this PNG/JPG.")
+    ] = None,
+    save_matches: Annotated[
+        Path | None, typer.Option(help="Write the matches, side information and inlier flags (.npz or .csv).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow replacing existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
@@ -118,13 +142,24 @@ def estimate(
     try:
         try:
             ransac = RansacOptions(
-                threshold_px=threshold, confidence=confidence, max_iterations=max_iterations,
-                min_iterations=min(RansacOptions.min_iterations, max_iterations), sampler=sampler, scoring=scoring,
-                local_optimization=local_optimization, final_refinement=refinement, seed=seed,
+                threshold_px=threshold,
+                confidence=confidence,
+                max_iterations=max_iterations,
+                min_iterations=min(RansacOptions.min_iterations, max_iterations),
+                sampler=sampler,
+                scoring=scoring,
+                local_optimization=local_optimization,
+                final_refinement=refinement,
+                seed=seed,
             )
             config = EstimateConfig(
-                matcher=matcher, num_features=num_features, ratio=ratio, resize=resize,
-                loftr_weights=loftr_weights, ransac=ransac, device=device,
+                matcher=matcher,
+                num_features=num_features,
+                ratio=ratio,
+                resize=resize,
+                loftr_weights=loftr_weights,
+                ransac=ransac,
+                device=device,
             )
             resolve_device(device)
         except ValueError as exc:

@@ -92,7 +92,13 @@ class OpenCVEstimator:
         start = time.perf_counter()
         eye = np.eye(3)
         E, mask = cv2.findEssentialMat(
-            x0, x1, eye, method=self.method, prob=self.confidence, threshold=threshold_px / focal, maxIters=self.max_iters
+            x0,
+            x1,
+            eye,
+            method=self.method,
+            prob=self.confidence,
+            threshold=threshold_px / focal,
+            maxIters=self.max_iters,
         )
         if E is None or E.shape != (3, 3):
             # OpenCV stacks several 3x3 solutions when it cannot decide; take the first like its own recoverPose.

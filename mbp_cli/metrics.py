@@ -22,7 +22,9 @@ def translation_error_deg(t_est: np.ndarray, t_gt: np.ndarray) -> float:
     return min(theta, 180.0 - theta)
 
 
-def pose_error_deg(R_est: np.ndarray | None, t_est: np.ndarray | None, R_gt: np.ndarray, t_gt: np.ndarray) -> tuple[float, float]:
+def pose_error_deg(
+    R_est: np.ndarray | None, t_est: np.ndarray | None, R_gt: np.ndarray, t_gt: np.ndarray
+) -> tuple[float, float]:
     """(rotation error, translation error) in degrees; a missing pose counts as 180 for both."""
     if R_est is None or t_est is None:
         return FAILURE_ERROR_DEG, FAILURE_ERROR_DEG
@@ -51,7 +53,9 @@ def pose_auc(errors: Sequence[float] | np.ndarray, thresholds: Sequence[float] =
     return aucs
 
 
-def binned_map(errors: Sequence[float] | np.ndarray, thresholds: Sequence[float] = (5.0, 10.0, 20.0), bin_deg: float = 5.0) -> list[float]:
+def binned_map(
+    errors: Sequence[float] | np.ndarray, thresholds: Sequence[float] = (5.0, 10.0, 20.0), bin_deg: float = 5.0
+) -> list[float]:
     """The mAA-style figure of the ∇-RANSAC papers: mean recall at 5, 10, ... degrees up to each threshold.
 
     Reads higher than :func:`pose_auc`; report both, labelled.

@@ -143,7 +143,9 @@ def _check_image_size(camera: Camera, image_shape: tuple[int, ...], which: str, 
 def create_pair_matcher(config: EstimateConfig) -> Any:
     """The matcher named by ``config`` with its options."""
     if config.matcher == "loftr":
-        return create_matcher("loftr", weights_path=config.loftr_weights, **({"resize": config.resize} if config.resize else {}))
+        return create_matcher(
+            "loftr", weights_path=config.loftr_weights, **({"resize": config.resize} if config.resize else {})
+        )
     return create_matcher(config.matcher, num_features=config.num_features, ratio=config.ratio, resize=config.resize)
 
 
@@ -205,7 +207,12 @@ def estimate_pair(
 
     start = time.perf_counter()
     pose, info = estimate_relative_pose(
-        matches.keypoints0, matches.keypoints1, camera0, camera1, config.ransac, quality=match_quality(matches),
+        matches.keypoints0,
+        matches.keypoints1,
+        camera0,
+        camera1,
+        config.ransac,
+        quality=match_quality(matches),
         device=resolve_device(config.device),
     )
     timings["estimation"] = (time.perf_counter() - start) * 1e3

@@ -63,7 +63,9 @@ def print_summary(result: PairResult, console: Console) -> None:
     """A readable summary for people (stderr)."""
     info = result.info
     status_style = {"ok": "green", "degenerate": "yellow", "no_model": "red"}[result.status]
-    console.print(f"[bold]{escape(result.image0)}[/] -> [bold]{escape(result.image1)}[/]   status: [{status_style}]{result.status}[/]")
+    console.print(
+        f"[bold]{escape(result.image0)}[/] -> [bold]{escape(result.image1)}[/]   status: [{status_style}]{result.status}[/]"
+    )
     console.print(
         f"matches {len(result.matches)}  inliers {info['num_inliers']} ({100 * info['inlier_ratio']:.1f} %)  "
         f"samples {info['iterations']}  median parallax {info['median_parallax_deg']:.2f} deg   [dim]{escape(result.matches.matcher)}[/]"
@@ -149,7 +151,11 @@ def save_matches(result: PairResult, path: str | Path) -> None:
         atomic_write_bytes(path, buffer.getvalue())
         return
     columns = ["x0", "y0", "x1", "y1", "inlier", *side]
-    table = np.column_stack([k0, k1, inliers.astype(np.float64), *side.values()]) if len(k0) else np.zeros((0, len(columns)))
+    table = (
+        np.column_stack([k0, k1, inliers.astype(np.float64), *side.values()])
+        if len(k0)
+        else np.zeros((0, len(columns)))
+    )
     text = io.StringIO()
     np.savetxt(text, table, delimiter=",", header=",".join(columns), comments="", fmt="%.6f")
     atomic_write_text(path, text.getvalue())

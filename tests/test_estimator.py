@@ -7,6 +7,7 @@ from mbp_cli.estimators import ESTIMATORS, create_estimator
 from mbp_cli.io.calibration import camera_from_colmap
 from mbp_cli.metrics import rotation_error_deg, translation_error_deg
 from mbp_cli.robust.ransac import RansacOptions
+
 from synthetic import make_scene
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-
 # skew(v) = sum_k v_k G_k with G_k = [e_k]x: one matrix product instead of a stack of nine entries, which
 # matters in the refinement loop where skew runs on tiny tensors and op overhead dominates.
 _GENERATORS = torch.tensor(
@@ -55,8 +54,6 @@ def rotation_angle(R: torch.Tensor) -> torch.Tensor:
     trace = R.diagonal(dim1=-2, dim2=-1).sum(-1)
     cos = ((trace - 1.0) / 2.0).clamp(-1.0, 1.0)
     # atan2 of (|sin|, cos) keeps precision for tiny angles where acos loses it.
-    skew_part = torch.stack(
-        [R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1
-    )
+    skew_part = torch.stack([R[..., 2, 1] - R[..., 1, 2], R[..., 0, 2] - R[..., 2, 0], R[..., 1, 0] - R[..., 0, 1]], -1)
     sin = skew_part.norm(dim=-1) / 2.0
     return torch.atan2(sin, cos)

@@ -25,7 +25,9 @@ def five_point(points0: torch.Tensor, points1: torch.Tensor) -> tuple[torch.Tens
         valid: (B, 10) bool mask of the slots holding a real solution. A rank-deficient sample has none.
     """
     if points0.shape != points1.shape or points0.shape[-2:] != (SAMPLE_SIZE, 2):
-        raise ValueError(f"five_point expects (B, 5, 2) point sets, got {tuple(points0.shape)} and {tuple(points1.shape)}")
+        raise ValueError(
+            f"five_point expects (B, 5, 2) point sets, got {tuple(points0.shape)} and {tuple(points1.shape)}"
+        )
     # kornia's solver is written as x2^T E x1 = 0 with (points1, points2): the same orientation as ours.
     E = find_essential(points0.double(), points1.double())
     norm = E.flatten(-2).norm(dim=-1)

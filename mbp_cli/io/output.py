@@ -9,7 +9,9 @@ from pathlib import Path
 from mbp_cli.errors import OutputError
 
 
-def check_output_path(path: str | os.PathLike[str], overwrite: bool, inputs: tuple[str | os.PathLike[str], ...] = ()) -> Path:
+def check_output_path(
+    path: str | os.PathLike[str], overwrite: bool, inputs: tuple[str | os.PathLike[str], ...] = ()
+) -> Path:
     """Validate an output path up front so that a long run never fails at its last step.
 
     Raises:

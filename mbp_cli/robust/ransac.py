@@ -158,7 +158,9 @@ def _score_models(
     return E, r2, robust_loss(options.scoring, r2, threshold).sum(-1)
 
 
-def _make_sampler(options: RansacOptions, num_points: int, quality: torch.Tensor | None, gen: torch.Generator) -> Sampler:
+def _make_sampler(
+    options: RansacOptions, num_points: int, quality: torch.Tensor | None, gen: torch.Generator
+) -> Sampler:
     if options.sampler == "prosac" and quality is not None:
         return ProsacSampler(quality, gen, max_growth_samples=options.prosac_growth)
     return UniformSampler(num_points, gen)
@@ -280,7 +282,9 @@ def _ransac(
         needed = required_iterations(best_inliers / N, options.confidence)
 
     if best_E is None or best_R is None or best_t is None:
-        return EssentialResult("no_model", None, None, None, empty, math.inf, iterations, models, lo_runs, 0.0, timer.ms)
+        return EssentialResult(
+            "no_model", None, None, None, empty, math.inf, iterations, models, lo_runs, 0.0, timer.ms
+        )
 
     R, t = best_R, best_t
     if options.final_refinement:
@@ -300,4 +304,6 @@ def _ransac(
         R, t = R_c[0], t_c[0]
         parallax = float(parallax_deg(R, x0[inliers], x1[inliers]).median()) if bool(inliers.any()) else 0.0
     status = "degenerate" if parallax < options.min_parallax_deg or int(inliers.sum()) < 2 * SAMPLE_SIZE else "ok"
-    return EssentialResult(status, R, t, essential_from_pose(R, t), inliers, best_score, iterations, models, lo_runs, parallax, timer.ms)
+    return EssentialResult(
+        status, R, t, essential_from_pose(R, t), inliers, best_score, iterations, models, lo_runs, parallax, timer.ms
+    )

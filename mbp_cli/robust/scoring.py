@@ -8,6 +8,7 @@ perfect fit costs 0. A hypothesis' score is the sum of the losses over the corre
 from __future__ import annotations
 
 import math
+
 import torch
 
 # MAGSAC++ constants for the essential matrix as in the authors' implementation: 4 degrees of freedom of the
@@ -42,10 +43,10 @@ def magsac_rho(r: torch.Tensor, threshold: float, dof: int = MAGSAC_DOF, k: floa
     b = (dof - 1) / 2.0
     x = (r * r) / (2.0 * sigma_max * sigma_max)
     xk = torch.full_like(r, k * k / 2.0)
-    inside = (2.0 ** a / sigma_max) * (
+    inside = (2.0**a / sigma_max) * (
         sigma_max * sigma_max / 2.0 * _lower_gamma(a, x) + r * r / 4.0 * (_upper_gamma(b, x) - _upper_gamma(b, xk))
     )
-    outside = sigma_max * 2.0 ** b * _lower_gamma(a, xk)
+    outside = sigma_max * 2.0**b * _lower_gamma(a, xk)
     return torch.where(r < threshold, inside, outside)
 
 

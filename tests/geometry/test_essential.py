@@ -11,6 +11,7 @@ from mbp_cli.geometry.essential import (
     triangulated_depths,
 )
 from mbp_cli.geometry.rotation import rotation_angle, skew, so3_exp
+
 from synthetic import make_scene
 
 
@@ -50,7 +51,8 @@ def test_sampson_matches_first_order_distance():
     # The symmetric Sampson distance spreads the error over both images.
     ratio = d / eps
     scale = line[:, :2].norm(dim=-1) / torch.sqrt(
-        line[:, :2].square().sum(-1) + (E.T @ torch.cat([x1, torch.ones(50, 1, dtype=torch.float64)], 1).T).T[:, :2].square().sum(-1)
+        line[:, :2].square().sum(-1)
+        + (E.T @ torch.cat([x1, torch.ones(50, 1, dtype=torch.float64)], 1).T).T[:, :2].square().sum(-1)
     )
     assert torch.allclose(ratio, scale, rtol=1e-4)
 
@@ -89,7 +91,12 @@ def test_triangulated_depths_exact():
 
 def test_pose_errors():
     R = so3_exp(torch.tensor([0.0, 0.0, torch.pi / 18], dtype=torch.float64))
-    assert torch.isclose(rotation_error_deg(R, torch.eye(3, dtype=torch.float64)), torch.tensor(10.0, dtype=torch.float64))
+    assert torch.isclose(
+        rotation_error_deg(R, torch.eye(3, dtype=torch.float64)), torch.tensor(10.0, dtype=torch.float64)
+    )
     t = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     assert translation_error_deg(-t, t) < 1e-6  # unsigned
-    assert torch.isclose(translation_error_deg(torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), t), torch.tensor(45.0, dtype=torch.float64))
+    assert torch.isclose(
+        translation_error_deg(torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), t),
+        torch.tensor(45.0, dtype=torch.float64),
+    )

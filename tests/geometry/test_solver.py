@@ -3,6 +3,7 @@ import torch
 
 from mbp_cli.geometry.essential import essential_from_pose
 from mbp_cli.geometry.solver import five_point
+
 from synthetic import make_scene
 
 

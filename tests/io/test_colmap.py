@@ -23,6 +23,7 @@ from mbp_cli.io.colmap import (
 )
 
 from paths import SCENES  # noqa: E402
+
 needs_scenes = pytest.mark.skipif(not SCENES.is_dir(), reason="development scenes not available")
 
 

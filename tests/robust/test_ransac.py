@@ -5,6 +5,7 @@ import torch
 
 from mbp_cli.geometry.essential import rotation_error_deg, translation_error_deg
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential, required_iterations
+
 from synthetic import make_scene
 
 
@@ -33,9 +34,13 @@ def test_recovers_pose_at_80_percent_outliers():
 
 def test_prosac_with_informative_quality_needs_fewer_samples():
     scene = make_scene(num_points=600, outlier_ratio=0.7, noise_px=0.5, seed=2)
-    quality = scene.inlier.double() + 0.5 * torch.rand(600, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    quality = scene.inlier.double() + 0.5 * torch.rand(
+        600, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     uniform = ransac_essential(scene.x0, scene.x1, 1e-3, RansacOptions(sampler="uniform", confidence=0.99))
-    prosac = ransac_essential(scene.x0, scene.x1, 1e-3, RansacOptions(sampler="prosac", confidence=0.99), quality=quality)
+    prosac = ransac_essential(
+        scene.x0, scene.x1, 1e-3, RansacOptions(sampler="prosac", confidence=0.99), quality=quality
+    )
     for res in (uniform, prosac):
         assert rotation_error_deg(res.R, scene.R) < 0.2
     # PROSAC's first samples come from the confident inliers, so the first batch already holds the model.

@@ -11,6 +11,7 @@ from mbp_cli.robust.refine import (
     robust_cost_and_weights,
     sampson_residuals_and_jacobian,
 )
+
 from synthetic import make_scene
 
 
@@ -57,7 +58,9 @@ def test_refinement_robust_to_outliers_and_never_increases_cost(loss):
     scene = make_scene(num_points=300, outlier_ratio=0.3, noise_px=0.5)
     R0, t0 = _perturbed(scene, 0.003, 0.01)
     threshold = 2.0 / scene.focal
-    _, before = refine_pose(R0[None], t0[None], scene.x0, scene.x1, threshold, RefineOptions(max_iterations=0, loss=loss))[1:]
+    _, before = refine_pose(
+        R0[None], t0[None], scene.x0, scene.x1, threshold, RefineOptions(max_iterations=0, loss=loss)
+    )[1:]
     R, t, after = refine_pose(R0[None], t0[None], scene.x0, scene.x1, threshold, RefineOptions(loss=loss))
     assert after.item() <= before.item()
     assert rotation_error_deg(R[0], scene.R) < 0.1
@@ -78,7 +81,9 @@ def test_robust_weights_are_derivative_of_cost():
     h = 1e-7
     for loss in ("cauchy", "huber"):
         cost, w = robust_cost_and_weights(r2, 1.0, loss)
-        numeric = (robust_cost_and_weights(r2 + h, 1.0, loss)[0] - robust_cost_and_weights(r2 - h, 1.0, loss)[0]) / (2 * h)
+        numeric = (robust_cost_and_weights(r2 + h, 1.0, loss)[0] - robust_cost_and_weights(r2 - h, 1.0, loss)[0]) / (
+            2 * h
+        )
         assert torch.allclose(w, numeric, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown loss"):
         robust_cost_and_weights(r2, 1.0, "l7")
