@@ -168,9 +168,11 @@ class PycolmapEstimator:
 
 
 def create_estimator(name: str, options: RansacOptions = RansacOptions()) -> PoseEstimator:
-    """Build an estimator by name: one of :data:`ESTIMATORS`."""
+    """Build an estimator by name: one of :data:`ESTIMATORS`, or ``mbp-msac``."""
     if name == "mbp":
         return MbpEstimator(options)
+    if name == "mbp-msac":  # the same estimator scored with MSAC instead of MAGSAC++, for comparisons
+        return MbpEstimator(replace(options, scoring="msac"), name=name)
     if name == "opencv":
         return OpenCVEstimator()
     if name == "poselib":
