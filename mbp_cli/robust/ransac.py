@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mbp_cli.geometry.essential import essential_from_pose, homogeneous, pose_from_essential, sampson_squared
+from mbp_cli.geometry.essential import (
+    essential_from_pose,
+    homogeneous,
+    pose_from_essential,
+    sampson_squared,
+    triangulated_depths,
+)
 from mbp_cli.geometry.solver import SAMPLE_SIZE, five_point
 from mbp_cli.robust.refine import RefineOptions, refine_pose
 from mbp_cli.robust.samplers import ProsacSampler, Sampler, UniformSampler
@@ -48,6 +54,8 @@ class RansacOptions:
         refine: options of the final LM.
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
             or no baseline) and the result is flagged ``degenerate``.
+        cheirality_scoring: when comparing polished candidates, count correspondences that triangulate behind
+            either camera as outliers.
         prosac_growth: samples after which PROSAC has grown to all correspondences (its ``T_N``); smaller
             values fall back to uniform sampling sooner when the best-ranked matches hold a wrong structure.
         preview_points / preview_keep: preemptive scoring: each batch's models are ranked on this many random
@@ -68,6 +76,7 @@ class RansacOptions:
     refine: RefineOptions = field(default_factory=RefineOptions)
     min_parallax_deg: float = 0.2
     lo_candidates: int = 4
+    cheirality_scoring: bool = True
     lo_margin: float = 1.25
     prosac_growth: int = 20_000
     preview_points: int = 256
@@ -272,7 +281,13 @@ def _ransac(
                 R, t = torch.cat([R, R_lo]), torch.cat([t, t_lo])
             E_c = essential_from_pose(R, t)
             r2_c = sampson_squared(E_c.float(), x0_32, x1_32)
-            scores_c = robust_loss(options.scoring, r2_c, threshold).sum(-1)
+            losses = robust_loss(options.scoring, r2_c, threshold)
+            if options.cheirality_scoring:
+                # A correspondence that fits E but triangulates behind a camera is no inlier of the pose. This
+                # separates the true model from rotation-dominated ones whose free translation fits extra points.
+                d0, d1 = triangulated_depths(R, t, x0, x1)
+                losses = torch.where((d0 > 0) & (d1 > 0), losses, torch.ones_like(losses))
+            scores_c = losses.sum(-1)
             j = int(scores_c.argmin())
             score = float(scores_c[j])
         if score >= best_score:
