@@ -22,15 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_images" / "buddha_00001.png"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a busy 2-core machine, 2 OpenMP threads wait on each other and run up to 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _isolated_weights(monkeypatch, tmp_path):
     """No user weights leak in: no env variable, and torch hub's cache is an empty temporary folder."""

@@ -27,15 +27,6 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "sample_images"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a busy 2-core machine, 2 OpenMP threads wait on each other and run up to 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _real_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Buddha images 00001 / 00015 (a listed overlapping pair), their K (pixel centre at 0) and GT (R, t).
 
