@@ -241,8 +241,8 @@ def _ransac(
     x0_32, x1_32 = x0.float(), x1.float()
     preview = min(N, options.preview_points)
 
-    best_E: torch.Tensor | None = None
-    best_R = best_t = None
+    best_R: torch.Tensor | None = None
+    best_t: torch.Tensor | None = None
     best_score = math.inf
     best_inliers = 0
     needed = float(options.max_iterations)
@@ -292,11 +292,11 @@ def _ransac(
             score = float(scores_c[j])
         if score >= best_score:
             continue
-        best_E, best_R, best_t, best_score = E_c[j], R[j : j + 1], t[j : j + 1], score
+        best_R, best_t, best_score = R[j : j + 1], t[j : j + 1], score
         best_inliers = int((r2_c[j] < thr2).sum())
         needed = required_iterations(best_inliers / N, options.confidence)
 
-    if best_E is None or best_R is None or best_t is None:
+    if best_R is None or best_t is None:
         return EssentialResult(
             "no_model", None, None, None, empty, math.inf, iterations, models, lo_runs, 0.0, timer.ms
         )
