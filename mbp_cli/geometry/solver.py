@@ -86,10 +86,19 @@ def epipolar_null_space(points0: torch.Tensor, points1: torch.Tensor) -> tuple[t
     X0 = torch.cat([points0, torch.ones_like(points0[..., :1])], -1)
     X1 = torch.cat([points1, torch.ones_like(points1[..., :1])], -1)
     constraints = (X1.unsqueeze(-1) * X0.unsqueeze(-2)).reshape(B, SAMPLE_SIZE, 9)
-    q, r = torch.linalg.qr(constraints.transpose(1, 2), mode="complete")
+    with torch.no_grad():
+        q, r = torch.linalg.qr(constraints.transpose(1, 2), mode="complete")
     diag = r.diagonal(dim1=-2, dim2=-1).abs()
     full_rank = diag.amin(-1) > 1e-10 * diag.amax(-1).clamp_min(1e-300)
-    return q[:, :, SAMPLE_SIZE:].transpose(1, 2).reshape(B, 4, 3, 3), full_rank
+    N = q[:, :, SAMPLE_SIZE:]  # (B, 9, 4)
+    if torch.is_grad_enabled() and constraints.requires_grad:
+        # The complete QR has no derivative; project the basis onto the null space of the constraints instead:
+        # N - Aᵀ(AAᵀ)⁻¹A N equals N (A N = 0) but carries the derivative of the null space. The roots do not
+        # depend on which basis spans it, so autograd through the solver stays exact.
+        AAt = constraints @ constraints.transpose(1, 2)
+        AAt = torch.where(full_rank[:, None, None], AAt, torch.eye(SAMPLE_SIZE, dtype=AAt.dtype, device=AAt.device))
+        N = N - constraints.transpose(1, 2) @ torch.linalg.solve(AAt, constraints @ N)
+    return N.transpose(1, 2).reshape(B, 4, 3, 3), full_rank
 
 
 def essential_constraint_matrix(N: torch.Tensor) -> torch.Tensor:
