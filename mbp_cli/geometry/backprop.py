@@ -15,8 +15,11 @@ norm and the nine **unsquared** trace equations and differentiates the KKT condi
 multipliers vanish, which leaves the KKT system ``[[H, Aᵀ], [A, 0]]`` with ``H = ∂²f/∂E²`` (rank 5) and ``A``
 the constraint Jacobian (rank 4 on the manifold); it has the same solution as the IFT, at a higher price.
 
-Autograd differentiates the solver's own operations (QR, linear solve, complex eigendecomposition): exact
-where defined, but with ``1/(λᵢ − λⱼ)`` terms that explode for close roots.
+Autograd differentiates a solver's own operations, as ∇-RANSAC did: it runs kornia's ``find_essential``
+(Nistér's elimination, a companion-matrix eigendecomposition and Newton-polished roots) under autograd. Exact
+where defined, but its backward has ``1/(λᵢ − λⱼ)`` terms that explode for close roots, and it costs the forward
+of ~900 small operations again. (Our own solver's complete QR and complex eigenvectors have no usable autograd
+derivative, which is one more reason for the implicit backward.)
 
 Conventions: ``x1ᵀ E x0 = 0`` on normalized coordinates; ``vec(E)`` row-major.
 """
@@ -205,8 +208,19 @@ def five_point_differentiable(
     if backprop not in BACKPROP_MODES:
         raise ValueError(f"unknown backprop mode {backprop!r}; choose one of {', '.join(BACKPROP_MODES)}")
     if backprop == "autograd":
-        return five_point(points0, points1)
+        return _kornia_five_point(points0, points1)
     return _FivePointImplicit.apply(points0, points1, backprop)
+
+
+def _kornia_five_point(points0: torch.Tensor, points1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """kornia's 5-point solver under autograd, with its NaN slots masked to zeros (no gradient through them)."""
+    from kornia.geometry.epipolar import find_essential
+
+    E = find_essential(points0.double(), points1.double())
+    norm = E.detach().flatten(-2).norm(dim=-1)
+    valid = torch.isfinite(E.detach()).flatten(-2).all(-1) & (norm - 1.0).abs().lt(1e-6)
+    E = torch.where(valid[..., None, None], E.nan_to_num(), torch.zeros_like(E))
+    return E.to(points0.dtype), valid
 
 
 def select_root(E: torch.Tensor, valid: torch.Tensor, E_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,12 +60,15 @@ def sampson_squared(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torc
         u1, v1 = x1[..., 0], x1[..., 1]
     a, b, c = Ex0.unbind(1)
     d, e = Etx1.unbind(1)
+    inf = float("inf")
+    if torch.is_grad_enabled() and any(v.requires_grad for v in (E, x0, x1)):
+        # Training: out-of-place, so that autograd keeps what its backward needs.
+        return ((a * u1 + c + b * v1).square() / (a * a + b * b + d * d + e * e)).nan_to_num(nan=inf, posinf=inf)
     # In-place accumulation: two allocations instead of a dozen, which on CPU is most of the cost for the
     # (H, N) tensors of a RANSAC batch (each new large tensor is fresh, page-faulted memory).
     num = (a * u1).add_(c).addcmul_(b, v1)
     den = (a * a).addcmul_(b, b).addcmul_(d, d).addcmul_(e, e)
     # A zero denominator (a point at an epipole of a degenerate E) gives +inf, never NaN.
-    inf = float("inf")
     return num.square_().div_(den).nan_to_num_(nan=inf, posinf=inf)
 
 

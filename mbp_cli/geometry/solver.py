@@ -86,18 +86,10 @@ def epipolar_null_space(points0: torch.Tensor, points1: torch.Tensor) -> tuple[t
     X0 = torch.cat([points0, torch.ones_like(points0[..., :1])], -1)
     X1 = torch.cat([points1, torch.ones_like(points1[..., :1])], -1)
     constraints = (X1.unsqueeze(-1) * X0.unsqueeze(-2)).reshape(B, SAMPLE_SIZE, 9)
-    with torch.no_grad():
-        q, r = torch.linalg.qr(constraints.transpose(1, 2), mode="complete")
+    q, r = torch.linalg.qr(constraints.transpose(1, 2), mode="complete")
     diag = r.diagonal(dim1=-2, dim2=-1).abs()
     full_rank = diag.amin(-1) > 1e-10 * diag.amax(-1).clamp_min(1e-300)
     N = q[:, :, SAMPLE_SIZE:]  # (B, 9, 4)
-    if torch.is_grad_enabled() and constraints.requires_grad:
-        # The complete QR has no derivative; project the basis onto the null space of the constraints instead:
-        # N - Aᵀ(AAᵀ)⁻¹A N equals N (A N = 0) but carries the derivative of the null space. The roots do not
-        # depend on which basis spans it, so autograd through the solver stays exact.
-        AAt = constraints @ constraints.transpose(1, 2)
-        AAt = torch.where(full_rank[:, None, None], AAt, torch.eye(SAMPLE_SIZE, dtype=AAt.dtype, device=AAt.device))
-        N = N - constraints.transpose(1, 2) @ torch.linalg.solve(AAt, constraints @ N)
     return N.transpose(1, 2).reshape(B, 4, 3, 3), full_rank
 
 
@@ -134,6 +126,9 @@ def five_point(points0: torch.Tensor, points1: torch.Tensor) -> tuple[torch.Tens
         points0: (B, 5, 2) normalized points in image 0.
         points1: (B, 5, 2) normalized points in image 1.
 
+    Not differentiable by autograd (the complete QR has no derivative): training goes through
+    :func:`mbp_cli.geometry.backprop.five_point_differentiable`.
+
     Returns:
         E: (B, 10, 3, 3) solutions with unit Frobenius norm, in the dtype of the input (computed in float64).
             Slots without a real root hold zeros (never the real part of a complex root, never another sample's
@@ -152,6 +147,10 @@ def five_point(points0: torch.Tensor, points1: torch.Tensor) -> tuple[torch.Tens
     ok = full_rank & (info == 0) & torch.isfinite(A).flatten(1).all(-1)
     A = torch.where(ok[:, None, None], A, torch.zeros_like(A))
     action = torch.cat([-A[:, :6], _ACTION_UNIT.to(A.device).expand(B, 4, 10)], 1)
+    # A failed sample gets a harmless diagonal action matrix (distinct eigenvalues, so that no eigen-backward
+    # divides by zero); its roots are masked out below.
+    benign = torch.diag(torch.arange(1, MAX_ROOTS + 1, dtype=A.dtype, device=A.device))
+    action = torch.where(ok[:, None, None], action, benign)
     # Rows of `action` give x·bᵢ in the basis b, so action · b(sol) = x(sol) · b(sol): eigenvectors are b.
     eigenvalues, eigenvectors = torch.linalg.eig(action)
     one = eigenvectors[:, 9]  # the entry of the monomial 1
