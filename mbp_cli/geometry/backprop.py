@@ -86,15 +86,15 @@ def equation_jacobians(
     EtE = E.transpose(-1, -2) @ E
     EEt = E @ E.transpose(-1, -2)
     trace = EEt.diagonal(dim1=-2, dim2=-1).sum(-1)
-    eye = torch.eye(3, dtype=E.dtype, device=E.device)
-    cubic = (
-        eye[None, :, None, :, None] * EtE[:, None, :, None, :]  # δ_ac (EᵀE)_bd (EᵀE symmetric)
-        + E[:, :, None, None, :] * E.transpose(-1, -2)[:, None, :, :, None]  # E_ad E_cb
-        + EEt[:, :, None, :, None] * eye[None, None, :, None, :]  # (E Eᵀ)_ac δ_bd
-    ).reshape(M, 9, 9)
     e = E.reshape(M, 9)
-    trace_rows = 2.0 * cubic - 2.0 * e[:, :, None] * e[:, None, :]
-    trace_rows = trace_rows - trace[:, None, None] * torch.eye(9, dtype=E.dtype, device=E.device)
+    outer = e[:, :, None] * e[:, None, :]  # [(a, d), (c, b)] = E_ad E_cb
+    cubic = outer.view(M, 3, 3, 3, 3).permute(0, 1, 4, 3, 2).reshape(M, 9, 9)  # the swap term
+    blocks = cubic.view(M, 3, 3, 3, 3)  # [a, b, c, d]
+    for i in range(3):
+        blocks[:, i, :, i, :] += EtE  # δ_ac (EᵀE)_bd
+        blocks[:, :, i, :, i] += EEt  # (E Eᵀ)_ac δ_bd
+    trace_rows = 2.0 * (cubic - outer)
+    trace_rows.diagonal(dim1=-2, dim2=-1).sub_(trace[:, None])
     det = _cofactor(E).reshape(M, 1, 9)
     J_E = torch.cat([epipolar, norm, trace_rows, det], 1)
     dx0 = (X1 @ E)[..., :2]  # (Eᵀ x1)ᵀ = x1ᵀ E
