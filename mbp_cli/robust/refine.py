@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from mbp_cli.geometry.essential import essential_from_pose, homogeneous
+from mbp_cli.geometry.essential import homogeneous
 from mbp_cli.geometry.rotation import skew, so3_exp
 
 LOSSES = ("cauchy", "truncated", "huber")
+# [e_k]x for k = 1..3: E [e_k]x is the derivative of E = [t]x R under R <- R exp([w]x) along w_k.
+_ROTATION_GENERATORS = skew(torch.eye(3, dtype=torch.float64))
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,30 @@ def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return P.reshape(5, N, 9)
 
 
-def _residuals(design: torch.Tensor, E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Signed Sampson residuals (N, H) of essential matrices (H, 3, 3), plus V (5, N, H) and 1/sqrt(D) (N, H)."""
+def _linearize(
+    R: torch.Tensor, t: torch.Tensor, basis: torch.Tensor, design: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed Sampson residuals (N, H) and their Jacobian (N, H, 5) from **one** matrix product.
+
+    ``E = [t]x R`` and its five derivatives (``E [e_k]x`` for the rotation, ``[b_j]x R`` for the translation) are
+    stacked as (H, 6, 9) and mapped by the design tensor at once; the residual ``r = V0 / sqrt(D)`` with
+    ``D = V1² + V2² + V3² + V4²`` then has ``dr = dV0 / sqrt(D) − r / D · Σ_c V_c dV_c``.
+    """
+    H = R.shape[0]
     _, N, _ = design.shape
-    V = (design.reshape(5 * N, 9) @ E.reshape(-1, 9).T).view(5, N, -1)
-    D = (V[1] * V[1]).addcmul_(V[2], V[2]).addcmul_(V[3], V[3]).addcmul_(V[4], V[4])
-    inv_sqrt_D = D.clamp_min_(1e-30).rsqrt_()
-    return V[0] * inv_sqrt_D, V, inv_sqrt_D
+    E = torch.linalg.cross(t[:, :, None].expand_as(R), R, dim=1)  # column j: t x R_j
+    dE_rot = E[:, None] @ _ROTATION_GENERATORS.to(E)  # (H, 3, 3, 3)
+    dE_trans = torch.linalg.cross(
+        basis.transpose(1, 2)[:, :, :, None].expand(H, 2, 3, 3), R[:, None].expand(H, 2, 3, 3), dim=2
+    )
+    stacked = torch.cat([E[:, None], dE_rot, dE_trans], 1).reshape(H * 6, 9)
+    phi = (design.reshape(5 * N, 9) @ stacked.T).view(5, N, H, 6)
+    V, dV = phi[..., 0], phi[..., 1:]
+    D = (V[1:] * V[1:]).sum(0).clamp_min_(1e-30)
+    inv_sqrt_D = D.rsqrt()
+    r = V[0] * inv_sqrt_D
+    J = dV[0] * inv_sqrt_D[..., None] - (r / D)[..., None] * (V[1:, ..., None] * dV[1:]).sum(0)
+    return r, J
 
 
 def sampson_residuals_and_jacobian(
@@ -94,21 +113,11 @@ def sampson_residuals_and_jacobian(
         design: (5, N, 9) from :func:`epipolar_design`.
 
     Returns:
-        r: (H, N) residuals; J: (H, N, 5) derivatives w.r.t. (w1, w2, w3, b1, b2) at zero update.
+        r: (H, N) residuals; J: (H, N, 5) derivatives w.r.t. (w1, w2, w3, b1, b2) at zero update, where the
+        rotation is updated as ``R exp([w]x)`` and the translation as ``t + b1 u1 + b2 u2`` (then normalised) in
+        the tangent basis of :func:`_tangent_basis`.
     """
-    H = R.shape[0]
-    E = essential_from_pose(R, t)
-    # dE for each local parameter: [t]x R [e_k]x for the rotation, [b_j]x R for the translation.
-    dE_rot = E.unsqueeze(1) @ skew(torch.eye(3, dtype=R.dtype, device=R.device))  # (H, 3, 3, 3)
-    dE_trans = skew(_tangent_basis(t).transpose(1, 2)) @ R.unsqueeze(1)  # (H, 2, 3, 3)
-    dE = torch.cat([dE_rot, dE_trans], 1)  # (H, 5, 3, 3)
-    r, V, inv_sqrt_D = _residuals(design, E)
-    _, N, _ = design.shape
-    dV = (design.reshape(5 * N, 9) @ dE.reshape(H * 5, 9).T).view(5, N, H, 5)  # (quantity, N, H, param)
-    # r = V0 / sqrt(D), D = sum_c V_c^2 (c = 1..4): dr = dV0 / sqrt(D) - V0 / D^(3/2) * sum_c V_c dV_c.
-    dD_half = (V[1, ..., None] * dV[1]).addcmul_(V[2, ..., None], dV[2])
-    dD_half.addcmul_(V[3, ..., None], dV[3]).addcmul_(V[4, ..., None], dV[4])
-    J = (dV[0] * inv_sqrt_D[..., None]).sub_(dD_half.mul_((r * inv_sqrt_D * inv_sqrt_D)[..., None]))
+    r, J = _linearize(R, t, _tangent_basis(t), design)
     return r.T, J.transpose(0, 1)
 
 
@@ -153,40 +162,44 @@ def refine_pose(
     """
     t = t / t.norm(dim=-1, keepdim=True)
     H = R.shape[0]
-    pw = torch.ones(H, x0.shape[0], dtype=R.dtype, device=R.device) if point_weights is None else point_weights
-    pw = pw.expand(H, x0.shape[0]).to(R.dtype)
-
+    pw = torch.ones(x0.shape[0], H, dtype=R.dtype, device=R.device) if point_weights is None else point_weights.T
+    pw = pw.expand(x0.shape[0], H).to(R.dtype)
     design = epipolar_design(x0, x1)
+    eye5 = torch.eye(5, dtype=R.dtype, device=R.device)
 
-    def cost_of(R_: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-        r = _residuals(design, essential_from_pose(R_, t_))[0].T
-        return (robust_cost_and_weights(r * r, scale, options.loss)[0] * pw).sum(-1)
+    def evaluate(R_: torch.Tensor, t_: torch.Tensor, basis_: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        r, J = _linearize(R_, t_, basis_, design)
+        rho, w = robust_cost_and_weights(r * r, scale, options.loss)
+        return r, J, w * pw, (rho * pw).sum(0)
 
+    basis = _tangent_basis(t)
+    r, J, w, cost = evaluate(R, t, basis)
     lam = torch.full((H,), options.initial_lambda, dtype=R.dtype, device=R.device)
-    cost = cost_of(R, t)
     active = torch.ones(H, dtype=torch.bool, device=R.device)
     for _ in range(options.max_iterations):
-        r, J = sampson_residuals_and_jacobian(R, t, design)
-        _, w = robust_cost_and_weights(r * r, scale, options.loss)
-        w = w * pw
-        JtW = J.transpose(1, 2) * w.unsqueeze(1)  # (H, 5, N)
-        A = JtW @ J  # (H, 5, 5)
-        g = (JtW @ r.unsqueeze(-1)).squeeze(-1)  # (H, 5)
+        # The linearisation at the current point is reused from the last accepted evaluation.
+        Jw = (J * w[..., None]).permute(1, 2, 0)  # (H, 5, N)
+        A = Jw @ J.transpose(0, 1)  # (H, 5, 5)
+        g = (Jw @ r.T.unsqueeze(-1)).squeeze(-1)  # (H, 5)
         active = active & (g.abs().amax(-1) > options.gradient_tol)
         if not bool(active.any()):
             break
-        diag = A.diagonal(dim1=-2, dim2=-1)
-        A_damped = A + torch.diag_embed(lam[:, None] * diag.clamp_min(1e-12))
-        step = -torch.linalg.solve(A_damped, g.unsqueeze(-1)).squeeze(-1)
+        damping = lam[:, None, None] * (A.diagonal(dim1=-2, dim2=-1).clamp_min(1e-12)[:, :, None] * eye5)
+        step = -torch.linalg.solve(A + damping, g.unsqueeze(-1)).squeeze(-1)
         step = torch.where(torch.isfinite(step), step, torch.zeros_like(step))
         R_new = R @ so3_exp(step[:, :3])
-        t_new = t + (_tangent_basis(t) @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
+        t_new = t + (basis @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
         t_new = t_new / t_new.norm(dim=-1, keepdim=True)
-        cost_new = cost_of(R_new, t_new)
+        basis_new = _tangent_basis(t_new)
+        r_new, J_new, w_new, cost_new = evaluate(R_new, t_new, basis_new)
         better = active & (cost_new < cost)
         converged = better & (cost - cost_new <= options.cost_tol * cost)
         R = torch.where(better[:, None, None], R_new, R)
         t = torch.where(better[:, None], t_new, t)
+        basis = torch.where(better[:, None, None], basis_new, basis)
+        r = torch.where(better, r_new, r)
+        J = torch.where(better[:, None], J_new, J)
+        w = torch.where(better, w_new, w)
         cost = torch.where(better, cost_new, cost)
         lam = torch.where(better, lam * 0.1, lam * 10.0).clamp(1e-10, 1e10)
         active = active & ~converged & (step.norm(dim=-1) > options.step_tol)
