@@ -1,8 +1,9 @@
 """mbp's robust estimator against OpenCV USAC_MAGSAC, PoseLib and pycolmap on the very same matches.
 
 For every pair listed in ``<scene>/pairs.txt`` of every scene under ``--scenes-root``: SIFT matches are
-extracted once (OpenCV RootSIFT, mutual NN + ratio test, cached under ``benchmarks/cache/``), undistorted and
-normalized with the scene's cameras, and handed to every estimator at every threshold of ``--thresholds``.
+extracted once (OpenCV RootSIFT, mutual NN + ratio test, cached by :mod:`mbp_cli.data.matches` under
+``benchmarks/cache/matches/``), undistorted and normalized with the scene's cameras, and handed to every
+estimator at every threshold of ``--thresholds``.
 Each method is reported at its best threshold (by overall AUC@5): AUC@5/10/20 (exact integral, glue-factory's
 ``pose_auc``), the 5-degree-bin mAA-style figure, median errors, failures and median single-thread time per pair.
 
@@ -29,13 +30,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mbp_cli.estimator import mean_focal  # noqa: E402
-from mbp_cli.io.colmap import read_scene, relative_pose  # noqa: E402
-from mbp_cli.io.images import load_image  # noqa: E402
-from mbp_cli.matching import create_matcher  # noqa: E402
-from mbp_cli.metrics import binned_map, pose_auc, pose_error_deg  # noqa: E402
+from mbp_cli.data.matches import PairMatches, load_scene_matches  # noqa: E402
+from mbp_cli.evaluation.summary import pose_metrics  # noqa: E402
+from mbp_cli.metrics import pose_auc, pose_error_deg  # noqa: E402
 
-CACHE = REPO / "benchmarks" / "cache"
+CACHE = REPO / "benchmarks" / "cache" / "matches"
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
 
 
@@ -48,44 +47,10 @@ def single_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features: int) -> dict:
-    """Normalized matches and ground truth of every listed pair of one scene (cached on disk)."""
-    matcher = create_matcher(matcher_name, num_features=num_features, ratio=ratio)
-    # The matcher's name spells out all its settings, so a change of any default gets a new cache entry.
-    key = f"{scene_dir.name}_{matcher.name}".replace("(", "_").replace(")", "").replace(",", "_").replace("=", "")
-    path = CACHE / f"{key}.npz"
-    if path.exists():
-        data = np.load(path, allow_pickle=False)
-        return json.loads(str(data["index"])) | {"arrays": {k: data[k] for k in data.files if k != "index"}}
+def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features: int) -> list[PairMatches]:
+    """Normalized matches and ground truth of every listed pair of one scene (the library's cache)."""
     single_thread()
-    scene = read_scene(scene_dir)
-    features = {}
-    needed = sorted({n for pair in scene.pairs for n in pair})
-    for name in needed:
-        features[name] = matcher.extract(load_image(scene.image_path(name)))
-    pairs, arrays = [], {}
-    for i, (a, b) in enumerate(scene.pairs):
-        m = matcher.match(features[a], features[b])
-        cam0, cam1 = scene.camera_of(a), scene.camera_of(b)
-        R, t = relative_pose(scene, a, b)
-        arrays[f"x0_{i}"] = cam0.pixels_to_normalized(m.keypoints0).numpy()
-        arrays[f"x1_{i}"] = cam1.pixels_to_normalized(m.keypoints1).numpy()
-        arrays[f"ratio_{i}"] = m.side["ratio"].numpy()
-        pairs.append(
-            {
-                "image0": a,
-                "image1": b,
-                "focal": mean_focal(cam0, cam1),
-                "R": R.tolist(),
-                "t": (t / np.linalg.norm(t)).tolist(),
-            }
-        )
-    index = {"scene": scene_dir.name, "matcher": matcher.name, "pairs": pairs}
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, index=json.dumps(index), **arrays)
-    os.replace(tmp, path)
-    return index | {"arrays": arrays}
+    return load_scene_matches(scene_dir, ratio, matcher_name, num_features, cache_dir=CACHE)
 
 
 def _worker(task: tuple) -> list[dict]:
@@ -99,9 +64,10 @@ def _worker(task: tuple) -> list[dict]:
     rows = []
     warmed = False
     for i in indices:
-        meta = data["pairs"][i]
-        x0, x1, q = data["arrays"][f"x0_{i}"], data["arrays"][f"x1_{i}"], -data["arrays"][f"ratio_{i}"]
-        R_gt, t_gt = np.array(meta["R"]), np.array(meta["t"])
+        pair = data[i]
+        x0, x1, q = pair.x0, pair.x1, -pair.side["ratio"]
+        meta = {"image0": pair.image0, "image1": pair.image1, "focal": pair.focal}
+        R_gt, t_gt = pair.R, pair.t
         if not warmed and len(x0) >= 5:
             for est in estimators.values():  # first calls pay one-off library set-up; keep it out of timings
                 est.estimate(x0, x1, meta["focal"], 1.0, q)
@@ -117,7 +83,7 @@ def _worker(task: tuple) -> list[dict]:
                 err_R, err_t = pose_error_deg(out_R, out_t, R_gt, t_gt)
                 rows.append(
                     {
-                        "scene": data["scene"],
+                        "scene": pair.scene,
                         "image0": meta["image0"],
                         "image1": meta["image1"],
                         "method": name,
@@ -145,20 +111,9 @@ def summarize(rows: list[dict], methods: list[str], thresholds: list[float]) -> 
             if best is None or auc[0] > best["auc"][0]:
                 best = {"threshold_px": thr, "auc": auc, "rows": sel}
         sel = best.pop("rows")
-        err = np.array([max(r["err_R_deg"], r["err_t_deg"]) for r in sel])
         scenes = sorted({r["scene"] for r in sel})
-        best |= {
-            "maa": binned_map(err, AUC_THRESHOLDS),
-            "median_err_R_deg": float(np.median([r["err_R_deg"] for r in sel])),
-            "median_err_t_deg": float(np.median([r["err_t_deg"] for r in sel])),
-            "failures": int(sum(r["status"] == "no_model" for r in sel)),
-            "median_time_ms": float(np.median([r["time_ms"] for r in sel])),
-            "mean_time_ms": float(np.mean([r["time_ms"] for r in sel])),
-            "pairs": len(sel),
-            "per_scene": {
-                s: pose_auc([max(r["err_R_deg"], r["err_t_deg"]) for r in sel if r["scene"] == s], AUC_THRESHOLDS)
-                for s in scenes
-            },
+        best |= pose_metrics(sel, AUC_THRESHOLDS) | {
+            "per_scene": {s: pose_metrics([r for r in sel if r["scene"] == s], AUC_THRESHOLDS)["auc"] for s in scenes},
             "all_thresholds": {
                 thr: pose_auc(
                     [
@@ -249,7 +204,7 @@ def main() -> None:
         )
     tasks = []
     for scene_dir, index in zip(scene_dirs, indexes, strict=True):
-        n = len(index["pairs"])
+        n = len(index)
         chosen = (
             list(range(n))
             if not args.max_pairs_per_scene
@@ -272,7 +227,7 @@ def main() -> None:
     print(file=sys.stderr)
     summary = summarize(rows, methods, thresholds)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    text = markdown(summary, command, indexes[0].get("matcher", args.matcher))
+    text = markdown(summary, command, indexes[0][0].matcher if indexes[0] else args.matcher)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"peers_ratio{args.ratio:g}" + (f"_max{args.max_pairs_per_scene}" if args.max_pairs_per_scene else "")
     (args.out / f"{stem}.md").write_text(text)

@@ -7,8 +7,10 @@ cameras undistort them. The pixel threshold is converted with the mean focal ``(
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ import torch
 from mbp_cli import CONVENTION
 from mbp_cli.io.calibration import Camera
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
+
+if TYPE_CHECKING:
+    from mbp_cli.network.consensus import ConsensusNetwork
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ def estimate_relative_pose(
     options: RansacOptions = RansacOptions(),
     quality: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
+    network: ConsensusNetwork | None = None,
+    side: Mapping[str, Any] | None = None,
 ) -> tuple[RelativePose | None, dict[str, Any]]:
     """Robustly estimate the relative pose of two calibrated views from pixel correspondences.
 
@@ -74,8 +81,14 @@ def estimate_relative_pose(
         points1: (N, 2) pixel coordinates in image 1.
         camera0, camera1: calibrations of image 0 and image 1 (with lens distortion, if any).
         options: robust-estimation options; ``options.threshold_px`` is in pixels.
-        quality: optional (N,) per-match quality (higher is better) for PROSAC, e.g. ``-ratio``.
+        quality: optional (N,) per-match quality (higher is better) for PROSAC, e.g. ``-ratio``; replaced by the
+            network's scores when a ``network`` is given.
         device: where the estimator's tensors live (``cpu`` or ``cuda``).
+        network: the consensus network (:func:`mbp_cli.pipeline.create_network`). It scores the
+            undistorted, normalized correspondences with their ``side`` information, and its scores drive the
+            sampler: Gumbel top-k on ``logsigmoid(logits)`` (``options.sampler == "gumbel"``) or PROSAC ordered
+            by the logits (``"prosac"``); ``uniform`` ignores them. Its time is ``timings_ms["network"]``.
+        side: the matcher's per-match side information (:attr:`Matches.side`), needed with a network.
 
     Returns:
         ``(pose, info)``: ``pose`` is None when no model was found. ``info`` holds ``status`` (``ok``,
@@ -90,7 +103,19 @@ def estimate_relative_pose(
     x0 = camera0.pixels_to_normalized(p0).to(device)
     x1 = camera1.pixels_to_normalized(p1).to(device)
     threshold = options.threshold_px / mean_focal(camera0, camera1)
+    network_ms = None
+    if network is not None and options.sampler != "uniform":
+        from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
+
+        start = time.perf_counter()
+        side_t = {k: torch.as_tensor(v) for k, v in (side or {}).items()}
+        logits = score_correspondences(network, network_inputs(x0, x1, side_t, network.config), seed=options.seed)
+        quality = sampling_quality(logits, options.sampler)
+        network_ms = (time.perf_counter() - start) * 1e3
+    elif options.sampler == "gumbel":
+        raise ValueError("the gumbel sampler draws by the network's scores; give a network or choose prosac/uniform")
     result = ransac_essential(x0, x1, threshold, options, quality=quality)
+    timings = result.timings_ms if network_ms is None else {"network": network_ms, **result.timings_ms}
     n = int(p0.shape[0])
     num_inliers = int(result.inliers.sum())
     info: dict[str, Any] = {
@@ -104,7 +129,7 @@ def estimate_relative_pose(
         "score": result.score,
         "median_parallax_deg": result.median_parallax_deg,
         "threshold_normalized": threshold,
-        "timings_ms": result.timings_ms,
+        "timings_ms": timings,
         "convention": CONVENTION,
     }
     if result.R is None or result.t is None:

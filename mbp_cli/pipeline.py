@@ -6,6 +6,7 @@ evaluated numbers are those users get.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +25,9 @@ from mbp_cli.io.calibration import Camera
 from mbp_cli.io.images import check_pair_distinct, is_textureless, load_image
 from mbp_cli.matching import MATCHERS, Matches, create_matcher
 from mbp_cli.robust.ransac import RansacOptions
+
+if TYPE_CHECKING:
+    from mbp_cli.network.consensus import ConsensusNetwork
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,11 @@ class EstimateConfig:
         loftr_weights: LoFTR checkpoint path (else ``MBP_LOFTR_WEIGHTS`` or torch-hub's cache).
         ransac: robust-estimation options (threshold in pixels).
         device: ``cpu`` or ``cuda`` for the estimator.
+        network: score the matches with the consensus network and sample by its scores (``ransac.sampler``
+            ``gumbel`` or ``prosac``); False is the classical path (PROSAC by Lowe ratio or uniform).
+        model: name of a shipped model (None: the default model for the matcher's kind of matches,
+            :data:`mbp_cli.network.weights.DEFAULT_MODELS`).
+        weights: a weights file instead of a shipped model.
     """
 
     matcher: str = "sift"
@@ -48,10 +57,21 @@ class EstimateConfig:
     loftr_weights: str | None = None
     ransac: RansacOptions = field(default_factory=RansacOptions)
     device: str = "cpu"
+    network: bool = True
+    model: str | None = None
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         if self.matcher not in MATCHERS:
             raise ValueError(f"unknown matcher {self.matcher!r}; choose one of {', '.join(MATCHERS)}")
+        if not self.network and (self.model is not None or self.weights is not None):
+            raise ValueError("--no-network cannot be combined with --model or --weights")
+        if self.model is not None and self.weights is not None:
+            raise ValueError("give either --model or --weights, not both")
+        if not self.network and self.ransac.sampler == "gumbel":
+            raise ValueError(
+                "the gumbel sampler draws by the network's scores; without a network use prosac or uniform"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"unknown device {self.device!r}; choose auto, cpu or cuda")
 
@@ -125,7 +145,7 @@ def _native_stderr_held() -> Iterator[None]:
                     os.write(2, text)
 
 
-def _load(path: str | os.PathLike[str]) -> Any:
+def load_image_quietly(path: str | os.PathLike[str]) -> Any:
     """:func:`load_image`, without the decoder's own messages on stderr when the image cannot be read."""
     with _native_stderr_held():
         return load_image(path)
@@ -140,6 +160,28 @@ def _check_image_size(camera: Camera, image_shape: tuple[int, ...], which: str, 
         )
 
 
+def check_image(
+    image: Any, camera: Camera, which: str, path: str | os.PathLike[str], textureless: bool | None = None
+) -> None:
+    """Refuse an image without texture, or whose size differs from its calibration's.
+
+    Args:
+        image: the image as loaded (``(H, W)`` or ``(H, W, 3)`` uint8).
+        camera: its calibration (the size check is skipped when the calibration does not give a size).
+        which: ``"image 0"`` or ``"image 1"``, for the message.
+        path: its file, for the message.
+        textureless: :func:`is_textureless` of the image when already known (``mbp eval`` computes it once per
+            image); None computes it.
+
+    Raises:
+        ImageError: no texture to match.
+        CalibrationError: the calibration is for another image size.
+    """
+    if is_textureless(image) if textureless is None else textureless:
+        raise ImageError(f"image {path} has no texture to match; use a textured view of the scene")
+    _check_image_size(camera, image.shape, which, str(path))
+
+
 def create_pair_matcher(config: EstimateConfig) -> Any:
     """The matcher named by ``config`` with its options."""
     if config.matcher == "loftr":
@@ -147,6 +189,42 @@ def create_pair_matcher(config: EstimateConfig) -> Any:
             "loftr", weights_path=config.loftr_weights, **({"resize": config.resize} if config.resize else {})
         )
     return create_matcher(config.matcher, num_features=config.num_features, ratio=config.ratio, resize=config.resize)
+
+
+def matches_kind(matcher: str) -> str:
+    """The kind of matches (network inputs) a matcher gives: ``loftr`` or ``sift``."""
+    return "loftr" if matcher == "loftr" else "sift"
+
+
+@functools.lru_cache(maxsize=4)
+def create_network(config: EstimateConfig) -> ConsensusNetwork | None:
+    """The consensus network ``config`` asks for (None: the classical path).
+
+    Loaded once per configuration and process (cached): every pair of a run shares the same network, in eval mode.
+
+    Raises:
+        WeightsError: missing, corrupt or mismatched weights (exit code 6).
+        ValueError: a model made for another kind of matches than ``config.matcher`` gives.
+    """
+    from mbp_cli.network.weights import DEFAULT_MODELS, load_model, load_weights
+
+    kind = matches_kind(config.matcher)
+    if not config.network or config.ransac.sampler == "uniform":  # uniform sampling uses no scores
+        return None
+    if config.weights is not None:
+        network = load_weights(config.weights)
+    elif config.model is not None:
+        network = load_model(config.model)
+    elif kind in DEFAULT_MODELS:
+        network = load_model(DEFAULT_MODELS[kind])
+    else:
+        raise ValueError(f"no model for {kind} matches is shipped; give one with --weights, or --no-network")
+    if network.config.inputs != kind:
+        raise ValueError(
+            f"the network {network.source} takes {network.config.inputs} matches but --matcher {config.matcher} "
+            f"gives {kind} matches; choose a {kind} model or --no-network"
+        )
+    return network.to(resolve_device(config.device))
 
 
 def match_quality(matches: Matches) -> torch.Tensor | None:
@@ -165,6 +243,7 @@ def estimate_pair(
     camera1: Camera,
     config: EstimateConfig = EstimateConfig(),
     matcher: Any = None,
+    network: ConsensusNetwork | None = None,
 ) -> PairResult:
     """Match two images and estimate their relative pose ``x1 = R x0 + t``.
 
@@ -173,6 +252,7 @@ def estimate_pair(
         camera0, camera1: their calibrations.
         config: matcher and estimator settings.
         matcher: an already built matcher to reuse across pairs (else built from ``config``).
+        network: the consensus network to use (else :func:`create_network` of ``config``).
 
     Returns:
         A :class:`PairResult` with per-stage timings (``load``, ``matching``, ``estimation`` and the
@@ -185,26 +265,56 @@ def estimate_pair(
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    img0 = _load(image0)
-    img1 = _load(image1)
+    img0 = load_image_quietly(image0)
+    img1 = load_image_quietly(image1)
     check_pair_distinct(img0, img1, image0, image1)
-    for img, path in ((img0, image0), (img1, image1)):
-        if is_textureless(img):
-            raise ImageError(f"image {path} has no texture to match; use a textured view of the scene")
-    _check_image_size(camera0, img0.shape, "image 0", str(image0))
-    _check_image_size(camera1, img1.shape, "image 1", str(image1))
+    check_image(img0, camera0, "image 0", image0)
+    check_image(img1, camera1, "image 1", image1)
     timings["load"] = (time.perf_counter() - start) * 1e3
 
     start = time.perf_counter()
     matcher = matcher or create_pair_matcher(config)
     matches = matcher(img0, img1)
     timings["matching"] = (time.perf_counter() - start) * 1e3
+
+    pose, info, timings["estimation"] = estimate_matches(
+        matches, camera0, camera1, config, image0, image1, network=network
+    )
+    timings["total"] = timings["load"] + timings["matching"] + timings["estimation"]
+    return PairResult(str(image0), str(image1), camera0, camera1, matches, pose, info, timings)
+
+
+def estimate_matches(
+    matches: Matches,
+    camera0: Camera,
+    camera1: Camera,
+    config: EstimateConfig = EstimateConfig(),
+    image0: str | os.PathLike[str] = "image 0",
+    image1: str | os.PathLike[str] = "image 1",
+    network: ConsensusNetwork | None = None,
+) -> tuple[RelativePose | None, dict[str, Any], float]:
+    """The estimation step of :func:`estimate_pair` on matches already computed (``mbp eval`` shares it).
+
+    Args:
+        matches: tentative matches of image 0 and image 1, pixels of the stored images.
+        camera0, camera1: their calibrations.
+        config: its ``ransac`` options and ``device`` are used.
+        network: the consensus network guiding the sampler (else :func:`create_network` of ``config``, which is
+            None on the classical path).
+        image0, image1: names of the images, for the message of :class:`TooFewMatchesError`.
+
+    Returns:
+        ``(pose, info, milliseconds)`` with ``pose`` and ``info`` as :func:`estimate_relative_pose` returns them.
+
+    Raises:
+        TooFewMatchesError: fewer matches than a minimal sample.
+    """
     if len(matches) < SAMPLE_SIZE:
         raise TooFewMatchesError(
             f"only {len(matches)} matches between {image0} and {image1}, a pose needs at least {SAMPLE_SIZE}; "
             "use images that overlap more, or loosen --ratio"
         )
-
+    network = network if network is not None else create_network(config)
     start = time.perf_counter()
     pose, info = estimate_relative_pose(
         matches.keypoints0,
@@ -214,7 +324,8 @@ def estimate_pair(
         config.ransac,
         quality=match_quality(matches),
         device=resolve_device(config.device),
+        network=network,
+        side=matches.side,
     )
-    timings["estimation"] = (time.perf_counter() - start) * 1e3
-    timings["total"] = timings["load"] + timings["matching"] + timings["estimation"]
-    return PairResult(str(image0), str(image1), camera0, camera1, matches, pose, info, timings)
+    info["network"] = None if network is None or config.ransac.sampler == "uniform" else network.source
+    return pose, info, (time.perf_counter() - start) * 1e3

@@ -50,6 +50,7 @@ def result_to_dict(result: PairResult, config: EstimateConfig) -> dict[str, Any]
         "camera0": result.camera0.to_dict(),
         "camera1": result.camera1.to_dict(),
         "matcher": result.matches.matcher,
+        "network": info.get("network"),
         "config": config.to_dict(),
     }
     return doc
@@ -68,7 +69,8 @@ def print_summary(result: PairResult, console: Console) -> None:
     )
     console.print(
         f"matches {len(result.matches)}  inliers {info['num_inliers']} ({100 * info['inlier_ratio']:.1f} %)  "
-        f"samples {info['iterations']}  median parallax {info['median_parallax_deg']:.2f} deg   [dim]{escape(result.matches.matcher)}[/]"
+        f"samples {info['iterations']}  median parallax {info['median_parallax_deg']:.2f} deg   [dim]{escape(result.matches.matcher)}"
+        f"  network {escape(str(info.get('network') or 'none'))}[/]"
     )
     if result.pose is not None:
         R, t = result.pose.R, result.pose.t

@@ -807,22 +807,34 @@ def _convert_entry(entry: _ColmapEntry, source: str) -> Camera:
     return camera_from_colmap(entry.model, entry.width, entry.height, entry.params, source=where)
 
 
-def read_colmap_cameras(path: str | os.PathLike[str]) -> dict[int, Camera]:
+def read_colmap_cameras(path: str | os.PathLike[str], errors: dict[int, str] | None = None) -> dict[int, Camera]:
     """All cameras of a COLMAP ``cameras.txt`` or ``cameras.bin`` (by extension), principal points shifted to
     the OpenCV convention (-0.5 px).
 
     Args:
         path: the cameras file.
+        errors: if given, a camera that cannot be converted (unsupported model, invalid values) is left out of
+            the result and its message stored here under its id, instead of raising; ``mbp eval`` then reports
+            the pairs that use it.
 
     Returns:
         camera_id → Camera, in file order.
 
     Raises:
-        CalibrationError: malformed file, or any camera of an unsupported model or with invalid values.
+        CalibrationError: malformed file, or (without ``errors``) any camera of an unsupported model or with
+            invalid values.
     """
     p = Path(path)
     entries = _read_colmap_cameras_bin(p) if p.suffix.lower() == ".bin" else _read_colmap_cameras_txt(p)
-    return {cid: _convert_entry(e, f"calibration file {p}") for cid, e in entries.items()}
+    cameras: dict[int, Camera] = {}
+    for cid, entry in entries.items():
+        try:
+            cameras[cid] = _convert_entry(entry, f"calibration file {p}")
+        except CalibrationError as exc:
+            if errors is None:
+                raise
+            errors[cid] = exc.message
+    return cameras
 
 
 def select_camera(path: str | os.PathLike[str], camera_id: int | None = None) -> Camera:

@@ -26,10 +26,10 @@ from mbp_cli.geometry.essential import (
 )
 from mbp_cli.geometry.solver import SAMPLE_SIZE, five_point
 from mbp_cli.robust.refine import RefineOptions, refine_pose
-from mbp_cli.robust.samplers import ProsacSampler, Sampler, UniformSampler
+from mbp_cli.robust.samplers import GumbelSampler, ProsacSampler, Sampler, UniformSampler
 from mbp_cli.robust.scoring import msac_loss, robust_loss
 
-SAMPLERS = ("prosac", "uniform")
+SAMPLERS = ("prosac", "uniform", "gumbel")
 SCORINGS = ("magsac", "msac")
 STATUSES = ("ok", "no_model", "degenerate")
 
@@ -44,13 +44,20 @@ class RansacOptions:
         confidence: stop once a better model would have been found with this probability.
         min_iterations / max_iterations: bounds on the number of minimal samples.
         batch_size: minimal samples solved together in one batched 5-point call.
-        sampler: ``prosac`` (ordered by the per-match quality, e.g. minus the Lowe ratio) or ``uniform``.
+        sampler: ``prosac`` (ordered by the per-match quality: minus the Lowe ratio, or the consensus network's
+            logits), ``uniform``, or ``gumbel`` (Gumbel top-k on the quality taken as log-probabilities, e.g.
+            ``logsigmoid`` of the network's logits; uniform when no quality is given).
+        gumbel_temperature: the Gumbel sampler draws by ``p^(1 / temperature)``: 1 follows the probabilities,
+            larger is closer to uniform.
         scoring: ``magsac`` (MAGSAC++) or ``msac``.
         local_optimization: refine each new best model on its inliers (LM with a truncated loss).
         lo_iterations: LM iterations of one local optimisation.
         lo_candidates / lo_margin: each batch's best ``lo_candidates`` models whose score is below
             ``lo_margin`` times the best score so far are polished by local optimisation.
-        final_refinement: robust LM on all correspondences at the end.
+        final_refinement: robust LM at the end.
+        refine_margin: local optimisation and the final LM fit only the correspondences within this many
+            thresholds of a model they start from: farther ones weigh nothing under the truncated loss of LO and
+            almost nothing under the final LM's Cauchy loss, but cost as much as the others.
         refine: options of the final LM.
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
             or no baseline) and the result is flagged ``degenerate``.
@@ -73,12 +80,14 @@ class RansacOptions:
     local_optimization: bool = True
     lo_iterations: int = 10
     final_refinement: bool = True
+    refine_margin: float = 3.0
     refine: RefineOptions = field(default_factory=RefineOptions)
     min_parallax_deg: float = 0.2
     lo_candidates: int = 4
     cheirality_scoring: bool = True
     lo_margin: float = 1.25
     prosac_growth: int = 20_000
+    gumbel_temperature: float = 1.0
     preview_points: int = 256
     preview_keep: int = 8
     seed: int = 0
@@ -92,6 +101,8 @@ class RansacOptions:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.scoring not in SCORINGS:
             raise ValueError(f"unknown scoring {self.scoring!r}; choose one of {', '.join(SCORINGS)}")
+        if not (self.gumbel_temperature > 0 and math.isfinite(self.gumbel_temperature)):
+            raise ValueError(f"gumbel temperature must be a positive number, got {self.gumbel_temperature}")
         if not 1 <= self.min_iterations <= self.max_iterations:
             raise ValueError("need 1 <= min_iterations <= max_iterations")
 
@@ -172,6 +183,8 @@ def _make_sampler(
 ) -> Sampler:
     if options.sampler == "prosac" and quality is not None:
         return ProsacSampler(quality, gen, max_growth_samples=options.prosac_growth)
+    if options.sampler == "gumbel" and quality is not None:
+        return GumbelSampler(quality, gen, temperature=options.gumbel_temperature)
     return UniformSampler(num_points, gen)
 
 
@@ -206,7 +219,8 @@ def ransac_essential(
         x1: (N, 2) normalized points of image 1.
         threshold: inlier threshold on the Sampson distance in normalized units (pixels / focal length).
         options: see :class:`RansacOptions` (its ``threshold_px`` is not used here).
-        quality: optional (N,) per-correspondence quality (higher is better) for PROSAC ordering.
+        quality: optional (N,) per-correspondence quality (higher is better): the PROSAC order, or the
+            log-probabilities of the Gumbel sampler.
         sampler: optional sampler overriding ``options.sampler`` (e.g. the learned Gumbel sampler).
 
     Returns:
@@ -244,7 +258,6 @@ def _ransac(
     best_R: torch.Tensor | None = None
     best_t: torch.Tensor | None = None
     best_score = math.inf
-    best_inliers = 0
     needed = float(options.max_iterations)
     iterations = models = lo_runs = 0
     while iterations < options.max_iterations:
@@ -277,7 +290,8 @@ def _ransac(
             if options.local_optimization:
                 lo_runs += int(top.numel())
                 lo = RefineOptions(max_iterations=options.lo_iterations, loss="truncated")
-                R_lo, t_lo, _ = refine_pose(R, t, x0, x1, threshold, lo)
+                near = (r2[top] < thr2 * options.refine_margin**2).any(0)
+                R_lo, t_lo, _ = refine_pose(R, t, x0[near], x1[near], threshold, lo)
                 R, t = torch.cat([R, R_lo]), torch.cat([t, t_lo])
             E_c = essential_from_pose(R, t)
             r2_c = sampson_squared(E_c.float(), x0_32, x1_32)
@@ -293,8 +307,9 @@ def _ransac(
         if score >= best_score:
             continue
         best_R, best_t, best_score = R[j : j + 1], t[j : j + 1], score
-        best_inliers = int((r2_c[j] < thr2).sum())
-        needed = required_iterations(best_inliers / N, options.confidence)
+        best_inliers = r2_c[j] < thr2
+        # A guided sampler draws inliers more often than their fraction: it reports its own probability.
+        needed = required_iterations(sampler.inlier_ratio(best_inliers), options.confidence)
 
     if best_R is None or best_t is None:
         return EssentialResult(
@@ -304,7 +319,8 @@ def _ransac(
     R, t = best_R, best_t
     if options.final_refinement:
         with timer("refinement"):
-            R_ref, t_ref, _ = refine_pose(R, t, x0, x1, threshold, options.refine)
+            near = sampson_squared(essential_from_pose(R, t), x0, x1)[0] < thr2 * options.refine_margin**2
+            R_ref, t_ref, _ = refine_pose(R, t, x0[near], x1[near], threshold, options.refine)
             r2_ref = sampson_squared(essential_from_pose(R_ref, t_ref), x0, x1)
             score_ref = float(robust_loss(options.scoring, r2_ref, threshold).sum())
             # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,13 @@ from mbp_cli.io.colmap import (
     qvec_to_rotmat,
     read_images_bin,
     read_images_txt,
+    read_pair_lines,
     read_pairs,
     read_scene,
     relative_pose,
 )
 
+from colmap_model import ModelImage, images_bin  # noqa: E402
 from paths import SCENES  # noqa: E402
 
 needs_scenes = pytest.mark.skipif(not SCENES.is_dir(), reason="development scenes not available")
@@ -45,14 +46,9 @@ def _images_txt(poses: list[tuple[int, np.ndarray, np.ndarray, int, str]], point
 
 
 def _images_bin(poses: list[tuple[int, np.ndarray, np.ndarray, int, str]], n_points: int = 2) -> bytes:
-    """Our own writer of COLMAP's images.bin, with a few 2D points per image (to be skipped by the reader)."""
-    data = struct.pack("<Q", len(poses))
-    for image_id, q, t, cam_id, name in poses:
-        data += struct.pack("<I7dI", image_id, *q, *t, cam_id) + name.encode() + b"\0"
-        data += struct.pack("<Q", n_points)
-        for k in range(n_points):
-            data += struct.pack("<ddq", 1.0 + k, 2.0 + k, -1 if k % 2 else k)
-    return data
+    """Our own writer of COLMAP's images.bin, with a few 2D points per image (every other one without 3D point)."""
+    points = [-1 if k % 2 else k for k in range(n_points)]
+    return images_bin([ModelImage(image_id, q, t, cam_id, name, points) for image_id, q, t, cam_id, name in poses])
 
 
 def _make_scene(root: Path, n: int = 4, seed: int = 0, binary: bool = False, sub: str = "sparse") -> list:
@@ -260,6 +256,51 @@ def test_scene_errors(tmp_path: Path) -> None:
     with pytest.raises(CalibrationError) as exc2:
         read_scene(tmp_path / "s")
     assert "FOV is not supported" in str(exc2.value)
+
+
+def test_observed_point3D_ids_text_and_binary(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    poses = [(1, _random_quat(rng), rng.normal(size=3), 1, "a.png")]
+    (tmp_path / "images.txt").write_text(_images_txt(poses, points=True))  # ids -1 and 42
+    assert read_images_txt(tmp_path / "images.txt")["a.png"].point3D_ids == {42}
+    (tmp_path / "images.bin").write_bytes(_images_bin(poses, n_points=4))  # ids 0, -1, 2, -1
+    assert read_images_bin(tmp_path / "images.bin")["a.png"].point3D_ids == {0, 2}
+    (tmp_path / "images.txt").write_text(_images_txt(poses).replace("\n\n", "\n1.0 2.0\n"))
+    with pytest.raises(SceneError, match="not a multiple of 3"):
+        read_images_txt(tmp_path / "images.txt")
+
+
+def test_lenient_scene_keeps_usable_cameras(tmp_path: Path) -> None:
+    _make_scene(tmp_path / "s")
+    cameras = tmp_path / "s" / "sparse" / "cameras.txt"
+    cameras.write_text(
+        cameras.read_text().replace("2 RADIAL 640 480 600 320 240 -0.05 0.01", "2 FOV 640 480 1 1 1 1 1")
+    )
+    images = tmp_path / "s" / "sparse" / "images.txt"
+    images.write_text(images.read_text().replace(" 1 img002.png", " 9 img002.png"))
+    with pytest.raises(CalibrationError, match="FOV is not supported"):
+        read_scene(tmp_path / "s")
+    scene = read_scene(tmp_path / "s", strict=False)
+    assert scene.pairs == [] and list(scene.cameras) == [1]
+    assert scene.camera_of("img000.png") == scene.cameras[1]
+    with pytest.raises(CalibrationError, match="FOV is not supported"):
+        scene.camera_of("img001.png")
+    with pytest.raises(CalibrationError, match="img002.png uses camera 9"):
+        scene.camera_of("img002.png")
+
+
+def test_read_pair_lines_reports_each_bad_line(tmp_path: Path) -> None:
+    (tmp_path / "pairs.txt").write_text("a b\nc\n# note\n\nd d\ne f g  # three\nh i\n")
+    lines = read_pair_lines(tmp_path / "pairs.txt")
+    assert [(line.lineno, line.names) for line in lines] == [
+        (1, ("a", "b")),
+        (2, ("c",)),
+        (5, ("d", "d")),
+        (6, ("e", "f", "g")),
+        (7, ("h", "i")),
+    ]
+    assert [line.error is None for line in lines] == [True, False, False, False, True]
+    assert "with itself" in lines[2].error and "found 3 fields" in lines[3].error
 
 
 def test_pycolmap_binary_model(tmp_path: Path) -> None:

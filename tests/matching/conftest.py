@@ -1,11 +1,6 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One torch thread: on a busy 2-core machine, 2 OpenMP threads wait on each other and run up to 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _single_thread(single_thread):
+    """Every matching test runs on one torch thread (see ``single_thread`` in tests/conftest.py)."""

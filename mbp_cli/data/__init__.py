@@ -1,0 +1,1 @@
+"""Datasets built from posed scenes: cached matches with ground truth, for training and benchmarks."""
