@@ -25,7 +25,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
+import itertools
 import json
 import math
 import random
@@ -154,17 +156,28 @@ def classification_metrics(model: ConsensusNetwork, pairs: Sequence[TrainPair], 
 
 
 def pose_metrics(
-    model: ConsensusNetwork, pairs: Sequence[PairMatches], samplers: Sequence[str], threshold_px: float = 1.0
+    model: ConsensusNetwork,
+    pairs: Sequence[PairMatches],
+    samplers: Sequence[str],
+    threshold_px: float = 1.0,
+    options: RansacOptions | None = None,
+    seeds: Sequence[int] = (0,),
 ) -> dict[str, dict[str, float]]:
-    """AUC@5/10/20 and mean iterations of mbp's RANSAC with each sampler at the default settings."""
+    """AUC@5/10/20 and mean iterations of mbp's RANSAC with each sampler.
+
+    Args:
+        options: the estimator's settings (default: the product's defaults); sampler and threshold are set here.
+        seeds: RANSAC seeds; every pair is estimated once per seed and all runs enter the AUC.
+    """
+    base = options or RansacOptions()
     results: dict[str, dict[str, list[float]]] = {s: {"err": [], "iterations": []} for s in samplers}
     for p in pairs:
         x0, x1 = torch.from_numpy(p.x0), torch.from_numpy(p.x1)
         logits = score_correspondences(
             model, network_inputs(x0, x1, {k: torch.from_numpy(v) for k, v in p.side.items()}, model.config)
         )
-        for s in samplers:
-            options = RansacOptions(threshold_px=threshold_px, sampler=s)
+        for s, seed in itertools.product(samplers, seeds):
+            options = dataclasses.replace(base, threshold_px=threshold_px, sampler=s, seed=seed)
             res = ransac_essential(x0, x1, threshold_px / p.focal, options, quality=sampling_quality(logits, s))
             R = None if res.R is None else res.R.numpy()
             t = None if res.t is None else res.t.numpy()
