@@ -120,38 +120,55 @@ class EstimateOptions:
         return config
 
 
-def _option_parameters() -> list[inspect.Parameter]:
-    hints = typing.get_type_hints(EstimateOptions, include_extras=True)
+def _option_parameters(options_cls: type) -> list[inspect.Parameter]:
+    hints = typing.get_type_hints(options_cls, include_extras=True)
     return [
-        inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
-        for f in dataclasses.fields(EstimateOptions)
+        inspect.Parameter(
+            f.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            # a field without a default is a required option
+            default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default,
+            annotation=hints[f.name],
+        )
+        for f in dataclasses.fields(options_cls)
     ]
 
 
-def with_estimate_options(command: F) -> F:
-    """Give a typer command every option of :class:`EstimateOptions` through its ``estimate_options`` parameter."""
-    signature = inspect.signature(command)
-    if PARAMETER_NAME not in signature.parameters:
-        raise TypeError(f"{command.__name__} has no {PARAMETER_NAME} parameter")
-    hints = typing.get_type_hints(command, include_extras=True)
-    shared = _option_parameters()
-    names = [p.name for p in shared]
-    parameters: list[inspect.Parameter] = []
-    for p in signature.parameters.values():
-        if p.name == PARAMETER_NAME:
-            parameters += shared
-        else:
-            kind = inspect.Parameter.KEYWORD_ONLY if p.default is not inspect.Parameter.empty else p.kind
-            parameters.append(p.replace(annotation=hints.get(p.name, p.annotation), kind=kind))
-    clash = {p.name for p in signature.parameters.values()} & set(names)
-    if clash:
-        raise TypeError(f"{command.__name__} already has parameters {sorted(clash)} of the shared options")
+def with_options(options_cls: type, parameter_name: str) -> Callable[[F], F]:
+    """A decorator giving a typer command one option per field of the dataclass ``options_cls``, handed to the
+    command as one instance through its parameter ``parameter_name``."""
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {name: kwargs.pop(name) for name in names if name in kwargs}
-        return command(*args, **kwargs, **{PARAMETER_NAME: EstimateOptions(**values)})
+    def decorate(command: F) -> F:
+        signature = inspect.signature(command)
+        if parameter_name not in signature.parameters:
+            raise TypeError(f"{command.__name__} has no {parameter_name} parameter")
+        hints = typing.get_type_hints(command, include_extras=True)
+        shared = _option_parameters(options_cls)
+        names = [p.name for p in shared]
+        parameters: list[inspect.Parameter] = []
+        for p in signature.parameters.values():
+            if p.name == parameter_name:
+                parameters += shared
+            else:
+                kind = inspect.Parameter.KEYWORD_ONLY if p.default is not inspect.Parameter.empty else p.kind
+                parameters.append(p.replace(annotation=hints.get(p.name, p.annotation), kind=kind))
+        clash = {p.name for p in signature.parameters.values()} & set(names)
+        if clash:
+            raise TypeError(f"{command.__name__} already has parameters {sorted(clash)} of the shared options")
 
-    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": hints.get("return")}
-    return typing.cast(F, wrapper)
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return command(*args, **kwargs, **{parameter_name: options_cls(**values)})
+
+        wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": hints.get("return")}
+        return typing.cast(F, wrapper)
+
+    return decorate
+
+
+with_estimate_options = with_options(EstimateOptions, PARAMETER_NAME)
+with_estimate_options.__doc__ = (
+    "Give a typer command every option of :class:`EstimateOptions` through its ``estimate_options`` parameter."
+)

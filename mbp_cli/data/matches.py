@@ -17,9 +17,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mbp_cli.estimator import mean_focal
+from mbp_cli.io.calibration import Camera
 from mbp_cli.io.colmap import read_scene, relative_pose
 from mbp_cli.io.images import load_image
 from mbp_cli.io.output import atomic_write_bytes
@@ -146,6 +148,55 @@ def _progress(console: Console | None) -> Progress:
     )
 
 
+def match_pairs(
+    scene: str,
+    pairs: Sequence[tuple[str, str]],
+    image_path: Callable[[str], Path],
+    camera_of: Callable[[str], Camera],
+    pose_of: Callable[[str, str], tuple[np.ndarray, np.ndarray]],
+    matcher: Any,
+    console: Console | None = None,
+) -> list[PairMatches]:
+    """Extract features once per image, match every pair and normalise the points with each image's camera.
+
+    Args:
+        scene: the name recorded with each pair.
+        pairs: (image0, image1) names; image_path / camera_of: where an image is and its calibration.
+        pose_of: the ground truth (R, unit t) of a pair, cam1_from_cam0 (NaN where unknown).
+        matcher: a SIFT matcher of :func:`mbp_cli.matching.create_matcher`.
+        console: where the progress bar goes.
+    """
+    names = sorted({n for pair in pairs for n in pair})
+    features = {}
+    matched: list[PairMatches] = []
+    with _progress(console) as progress:
+        task = progress.add_task(f"{scene}: features", total=len(names))
+        for name in names:
+            features[name] = matcher.extract(load_image(image_path(name)))
+            progress.advance(task)
+        task = progress.add_task(f"{scene}: matches", total=len(pairs))
+        for a, b in pairs:
+            m = matcher.match(features[a], features[b])
+            cam0, cam1 = camera_of(a), camera_of(b)
+            R, t = pose_of(a, b)
+            matched.append(
+                PairMatches(
+                    scene,
+                    a,
+                    b,
+                    cam0.pixels_to_normalized(m.keypoints0).numpy(),
+                    cam1.pixels_to_normalized(m.keypoints1).numpy(),
+                    {k: m.side[k].numpy() for k in SIFT_SIDE},
+                    mean_focal(cam0, cam1),
+                    R,
+                    t,
+                    matcher.name,
+                )
+            )
+            progress.advance(task)
+    return matched
+
+
 def build_scene_matches(
     scene_dir: str | os.PathLike[str],
     ratios: Sequence[float],
@@ -179,34 +230,12 @@ def build_scene_matches(
         return paths
     scene = read_scene(scene_dir)
     loosest = matchers[missing[0]]
-    names = sorted({n for pair in scene.pairs for n in pair})
-    features = {}
-    with _progress(console) as progress:
-        task = progress.add_task(f"{scene_dir.name}: features", total=len(names))
-        for name in names:
-            features[name] = loosest.extract(load_image(scene.image_path(name)))
-            progress.advance(task)
-        task = progress.add_task(f"{scene_dir.name}: matches", total=len(scene.pairs))
-        matched: list[PairMatches] = []
-        for a, b in scene.pairs:
-            m = loosest.match(features[a], features[b])
-            cam0, cam1 = scene.camera_of(a), scene.camera_of(b)
-            R, t = relative_pose(scene, a, b)
-            matched.append(
-                PairMatches(
-                    scene_dir.name,
-                    a,
-                    b,
-                    cam0.pixels_to_normalized(m.keypoints0).numpy(),
-                    cam1.pixels_to_normalized(m.keypoints1).numpy(),
-                    {k: m.side[k].numpy() for k in SIFT_SIDE},
-                    mean_focal(cam0, cam1),
-                    R,
-                    t / np.linalg.norm(t),
-                    loosest.name,
-                )
-            )
-            progress.advance(task)
+
+    def pose_of(a: str, b: str) -> tuple[np.ndarray, np.ndarray]:
+        R, t = relative_pose(scene, a, b)
+        return R, t / np.linalg.norm(t)
+
+    matched = match_pairs(scene_dir.name, scene.pairs, scene.image_path, scene.camera_of, pose_of, loosest, console)
     for r in missing:
         name = matchers[r].name
         subsets = [p.subset(p.side["ratio"] < r) for p in matched]

@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from mbp_cli.data.matches import SIFT_SIDE, PairMatches, _progress, _read, _write, cache_path, default_cache_dir
-from mbp_cli.estimator import mean_focal
+from mbp_cli.data.matches import PairMatches, _read, _write, cache_path, default_cache_dir, match_pairs
 from mbp_cli.io.calibration import Camera
-from mbp_cli.io.images import load_image
 from mbp_cli.matching import create_matcher
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -76,32 +74,10 @@ def load_folder_matches(
     )
     if path.is_file():
         return _read(path)
-    pairs = sequence_pairs(names, frame_gap)
-    focal = mean_focal(camera, camera)
-    features = {}
-    matched: list[PairMatches] = []
-    with _progress(console) as progress:
-        task = progress.add_task(f"{folder.name}: features", total=len(names))
-        for name in names:
-            features[name] = m.extract(load_image(folder / name))
-            progress.advance(task)
-        task = progress.add_task(f"{folder.name}: matches", total=len(pairs))
-        for a, b in pairs:
-            found = m.match(features[a], features[b])
-            matched.append(
-                PairMatches(
-                    folder.name,
-                    a,
-                    b,
-                    camera.pixels_to_normalized(found.keypoints0).numpy(),
-                    camera.pixels_to_normalized(found.keypoints1).numpy(),
-                    {k: found.side[k].numpy() for k in SIFT_SIDE},
-                    focal,
-                    np.full((3, 3), np.nan),
-                    np.full(3, np.nan),
-                    m.name,
-                )
-            )
-            progress.advance(task)
+    unknown = (np.full((3, 3), np.nan), np.full(3, np.nan))
+    matched = match_pairs(
+        folder.name, sequence_pairs(names, frame_gap), lambda n: folder / n, lambda n: camera, lambda a, b: unknown, m,
+        console,
+    )  # fmt: skip
     _write(path, folder.name, m.name, matched)
     return matched

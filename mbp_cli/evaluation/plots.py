@@ -17,6 +17,7 @@ from mbp_cli.evaluation.summary import method_rows
 CURVES_FILE = "cumulative_errors.png"
 BARS_FILE = "auc_per_scene.png"
 PLOT_FILES = (CURVES_FILE, BARS_FILE)
+CURVE_MIN_DEG = 0.01
 CURVE_MAX_DEG = 20.0
 
 
@@ -36,7 +37,7 @@ def _save(fig: Any, path: Path) -> None:
 def _curves(summary: dict[str, Any], records: list[dict[str, Any]], path: Path, figure: Any) -> None:
     fig = figure(figsize=(6.4, 4.4), layout="constrained")
     ax = fig.subplots()
-    x = np.linspace(0.0, CURVE_MAX_DEG, 401)
+    x = np.geomspace(CURVE_MIN_DEG, CURVE_MAX_DEG, 401)  # log scale: most errors are well below a degree
     for method, figures in summary["methods"].items():
         errors = pose_errors(method_rows(records, method))
         if not len(errors):
@@ -44,13 +45,14 @@ def _curves(summary: dict[str, Any], records: list[dict[str, Any]], path: Path, 
         recall = np.searchsorted(errors, x, side="right") / len(errors)
         auc5 = 100 * figures["overall"]["auc"][0]
         ax.plot(x, 100 * recall, label=f"{method} (AUC@5 {auc5:.1f})")
-    ax.set_xlabel("pose error max(rotation, translation) [deg]")
+    ax.set_xscale("log")
+    ax.set_xlabel("pose error max(rotation, translation) [deg, log scale]")
     ax.set_ylabel("pairs with a smaller error [%]")
     ax.set_title(f"Cumulative pose error, {summary['pairs']['scored']} pairs with ground truth")
-    ax.set_xlim(0, CURVE_MAX_DEG)
+    ax.set_xlim(CURVE_MIN_DEG, CURVE_MAX_DEG)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     _save(fig, path)
 
 
@@ -67,12 +69,15 @@ def _bars(summary: dict[str, Any], path: Path, figure: Any) -> None:
             values = [100 * figures["per_scene"][s]["auc"][k] for s in scenes] + [100 * figures["overall"]["auc"][k]]
             ax.bar(np.arange(len(scenes) + 1) + (j - (len(methods) - 1) / 2) * width, values, width, label=method)
         labels = [*scenes, "all scenes"]
-        ax.set_xticks(np.arange(len(labels)), labels, rotation=30 if len(labels) > 8 else 0, ha="right")
+        rotated = len(labels) > 8
+        ax.set_xticks(
+            np.arange(len(labels)), labels, rotation=30 if rotated else 0, ha="right" if rotated else "center"
+        )
         ax.set_ylabel(f"AUC@{threshold:g} [%]")
         ax.set_ylim(0, 100)
         ax.grid(axis="y", alpha=0.3)
-    np.atleast_1d(axes)[0].set_title("Pose AUC per scene (exact integral)")
-    np.atleast_1d(axes)[0].legend(loc="lower right", ncol=len(methods))
+    fig.suptitle("Pose AUC per scene (exact integral)")
+    fig.legend(*np.atleast_1d(axes)[0].get_legend_handles_labels(), loc="outside lower center", ncol=len(methods))
     _save(fig, path)
 
 

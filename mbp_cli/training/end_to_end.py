@@ -221,18 +221,7 @@ def step_losses(
         has_root = has_root.view(B, H) & pair_ok[:, None]
         per_hypothesis = torch.zeros(B, H, dtype=torch.float64, device=E.device)
         if weights.epipolar > 0:
-            epi = torch.stack(
-                [
-                    epipolar_loss(
-                        E_best[b : b + 1],
-                        batch.x0[b : b + 1],
-                        batch.x1[b : b + 1],
-                        batch.labels[b : b + 1],
-                        float(threshold[b]),
-                    )[0]
-                    for b in range(B)
-                ]
-            )
+            epi = epipolar_loss(E_best, batch.x0, batch.x1, batch.labels, threshold)
             per_hypothesis = per_hypothesis + weights.epipolar * epi
             stats["epipolar"] = float(epi.detach()[has_root].mean()) if bool(has_root.any()) else float("nan")
         with torch.no_grad():
@@ -243,18 +232,7 @@ def step_losses(
             )
         stats["pose_error_deg"] = float(pose_deg[has_root].median()) if bool(has_root.any()) else float("nan")
         if config.expected:
-            scores = torch.stack(
-                [
-                    soft_inlier_score(
-                        E_best[b : b + 1],
-                        batch.x0[b : b + 1],
-                        batch.x1[b : b + 1],
-                        batch.mask[b : b + 1],
-                        float(threshold[b]),
-                    )[0]
-                    for b in range(B)
-                ]
-            )
+            scores = soft_inlier_score(E_best, batch.x0, batch.x1, batch.mask, threshold)
             pair_losses = expected_loss(per_hypothesis, scores, has_root, config.alpha)
         else:
             count = has_root.sum(-1)

@@ -79,36 +79,49 @@ def pose_loss(E: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor) -> torch.
     return _safe_angle(cos_r, sin_r) + _safe_angle(cos_t, sin_t)
 
 
+def _per_pair(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    """A scalar or (B,) per-pair value as (B or 1, 1, 1), to broadcast against (B, H, N)."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, 1, 1)
+
+
+def _sampson_batch(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """(B, H, N) squared Sampson distances of each pair's hypotheses to its own points."""
+    return torch.stack([sampson_squared(E[b], x0[b], x1[b]) for b in range(E.shape[0])])
+
+
 def epipolar_loss(
-    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, gt_inliers: torch.Tensor, clamp: float
+    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, gt_inliers: torch.Tensor, clamp: torch.Tensor | float
 ) -> torch.Tensor:
     """Mean clamped Sampson distance of each hypothesis over the ground-truth inliers (∇-RANSAC's best loss).
 
     Args:
         E: (B, H, 3, 3) hypotheses; x0, x1: (B, N, 2); gt_inliers: (B, N) bool (padded points False).
-        clamp: the largest distance counted, normalized units (keeps one far point from dominating).
+        clamp: the largest distance counted, normalized units (keeps one far point from dominating); a float or
+            (B,) per pair.
 
     Returns:
         (B, H) losses in units of ``clamp`` (in [0, 1]).
     """
-    B, H = E.shape[:2]
-    r2 = torch.stack([sampson_squared(E[b], x0[b], x1[b]) for b in range(B)])  # (B, H, N)
-    d = (r2 + 1e-30).sqrt().clamp(max=clamp) / clamp
+    r2 = _sampson_batch(E, x0, x1)
+    c = _per_pair(clamp, r2)
+    d = torch.minimum((r2 + 1e-30).sqrt(), c) / c
     weight = gt_inliers[:, None].to(d.dtype)
     return (d * weight).sum(-1) / weight.sum(-1).clamp_min(1.0)
 
 
 def soft_inlier_score(
-    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor, threshold: float
+    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, mask: torch.Tensor, threshold: torch.Tensor | float
 ) -> torch.Tensor:
     """A differentiable consensus score of each hypothesis: ``Σᵢ max(0, 1 − d²ᵢ/τ²)`` (MSAC's, negated loss).
+
+    Args:
+        E: (B, H, 3, 3); x0, x1: (B, N, 2); mask: (B, N) real points; threshold: τ, a float or (B,) per pair.
 
     Returns:
         (B, H) higher is better.
     """
-    B = E.shape[0]
-    r2 = torch.stack([sampson_squared(E[b], x0[b], x1[b]) for b in range(B)])
-    return ((1.0 - r2 / threshold**2).clamp_min(0.0) * mask[:, None].to(r2.dtype)).sum(-1)
+    r2 = _sampson_batch(E, x0, x1)
+    return ((1.0 - r2 / _per_pair(threshold, r2) ** 2).clamp_min(0.0) * mask[:, None].to(r2.dtype)).sum(-1)
 
 
 def expected_loss(losses: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, alpha: float) -> torch.Tensor:

@@ -86,6 +86,9 @@ def test_records_of_a_run(one_run: tuple[Path, dict], small_scene: Path) -> None
     assert "| mbp | 4 |" in report and "| poselib | 4 |" in report and "ghost.jpg" in report
     for png in ("cumulative_errors.png", "auc_per_scene.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Files written atomically get the permissions of plain open() (mkstemp's are owner-only).
+    modes = {(out / name).stat().st_mode & 0o777 for name in ("pairs.jsonl", "summary.json", "report.md", "run.json")}
+    assert len(modes) == 1
 
 
 def test_same_result_as_mbp_estimate(one_run: tuple[Path, dict], small_scene: Path) -> None:
