@@ -72,9 +72,9 @@ class RansacOptions:
 
     threshold_px: float = 1.0
     confidence: float = 0.9999
-    min_iterations: int = 256
+    min_iterations: int = 128
     max_iterations: int = 10_000
-    batch_size: int = 256
+    batch_size: int = 128
     sampler: str = "uniform"
     scoring: str = "magsac"
     local_optimization: bool = True

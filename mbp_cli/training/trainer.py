@@ -303,7 +303,7 @@ def validate(
     model.cpu()
     threshold = options.recipe.threshold_px
     metrics = pose_metrics(model, pairs, ["gumbel"], threshold)["gumbel"]
-    # The full estimator (>= 256 samples, local optimisation, LM) hides most of the sampler's effect; what the
+    # The full estimator (>= 128 samples, local optimisation, LM) hides most of the sampler's effect; what the
     # training optimises shows with a small budget of minimal samples and no polishing.
     budget = RansacOptions(
         min_iterations=BUDGET, max_iterations=BUDGET, batch_size=BUDGET, local_optimization=False,

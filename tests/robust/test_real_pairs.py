@@ -20,10 +20,9 @@ FOX = SCENES / "fox"
     [
         ("0046.jpg", "0049.jpg"),
         ("0019.jpg", "0022.jpg"),
-        pytest.param(
-            ("0089.jpg", "0094.jpg"),
-            marks=pytest.mark.xfail(strict=True, reason="open: the rotation-dominated model still wins here (20 deg)"),
-        ),
+        # Batches of 256 samples picked a rotation-dominated model here for 2 seeds of 8 (90 deg); batches of 128
+        # pick the true one for all 8.
+        ("0089.jpg", "0094.jpg"),
     ],
 )
 def test_small_baseline_phone_pair_does_not_pick_a_rotation_dominated_model(pair):
