@@ -37,8 +37,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from safetensors.torch import load_file, save_file
 
 from mbp_cli.data.matches import PairMatches, load_scene_matches, scene_dirs
-from mbp_cli.data.unposed import is_image_folder, load_folder_matches
+from mbp_cli.data.tasks import load_task_matches
 from mbp_cli.errors import OutputError
+from mbp_cli.evaluation.inputs import PairRule, collect_inputs
 from mbp_cli.io.calibration import load_camera
 from mbp_cli.io.output import atomic_write_text
 from mbp_cli.network.config import NetworkConfig
@@ -152,14 +153,21 @@ def resolve_training_device(name: str) -> torch.device:
     return device
 
 
+def _is_scene(path: Path) -> bool:
+    return (path / "sparse").is_dir()
+
+
 def split_scenes(options: TrainOptions) -> tuple[list[Path], list[Path]]:
-    """The scene folders of the train and validation splits (whole scenes, never shared).
+    """The train and validation sources: scene folders (whole scenes, never shared), or the one pairs file or
+    folder of images ``--data`` names (no validation split then).
 
     Raises:
         ValueError: unknown scene names, a scene in both splits, or an empty training split.
     """
     root = Path(options.data)
-    if (root / "sparse").is_dir() or is_image_folder(root):  # one scene, or one folder of unposed images
+    if not root.exists():
+        raise ValueError(f"--data {root} does not exist; give a scene folder, a folder of scenes or a pairs file")
+    if _is_scene(root) or root.is_file() or not any(_is_scene(d) for d in root.iterdir() if d.is_dir()):
         return [root], []
     every = scene_dirs(root)
     names = {p.name: p for p in every}
@@ -175,26 +183,36 @@ def split_scenes(options: TrainOptions) -> tuple[list[Path], list[Path]]:
     return [names[n] for n in train], [names[n] for n in options.val_scenes]
 
 
-def load_pairs(scenes: Sequence[Path], options: TrainOptions, console: Console | None = None) -> list[PairMatches]:
-    """Cached matches (built once, with a progress bar) of every listed pair with at least 8 matches."""
+def load_pairs(sources: Sequence[Path], options: TrainOptions, console: Console | None = None) -> list[PairMatches]:
+    """Cached matches (built once, with a progress bar) of every usable pair with at least 8 matches.
+
+    A COLMAP scene gives its ``pairs.txt``; a pairs file with ground truth or a folder of images (with
+    ``calibration``, pairs within ``frame_gap``) gives the pairs ``mbp eval`` would evaluate. Pairs without
+    ground truth are only for self-supervised training.
+    """
     pairs: list[PairMatches] = []
-    for scene in scenes:
-        if is_image_folder(scene):
-            if not options.recipe.self_supervised:
-                raise ValueError(
-                    f"{scene} has images but no poses (no sparse/); train on posed scenes, or finetune with "
-                    "--self-supervised and --K"
-                )
-            if options.calibration is None:
-                raise ValueError(f"{scene} is a folder of unposed images: give their calibration with --K")
-            found = load_folder_matches(
-                scene, load_camera(options.calibration), options.frame_gap, options.ratio, options.matcher,
-                options.num_features, options.cache_dir, console,
-            )  # fmt: skip
-        else:
+    for source in sources:
+        if _is_scene(source):
             found = load_scene_matches(
-                scene, options.ratio, options.matcher, options.num_features, options.cache_dir, console
+                source, options.ratio, options.matcher, options.num_features, options.cache_dir, console
             )
+        else:
+            calibration = None if options.calibration is None else load_camera(options.calibration)
+            inputs = collect_inputs(source, PairRule(frame_gap=options.frame_gap), calibration=calibration)
+            found = []
+            for scene in dict.fromkeys(t.scene for t in inputs.tasks):
+                tasks = [t for t in inputs.tasks if t.scene == scene]
+                found += load_task_matches(
+                    tasks, options.ratio, options.matcher, options.num_features, options.cache_dir, console
+                )
+        posed = [p for p in found if np.isfinite(p.R).all()]
+        if not options.recipe.self_supervised:
+            if found and not posed:
+                raise ValueError(
+                    f"{source} has no ground-truth poses; train on posed scenes or a pairs file with poses, or "
+                    "finetune with --self-supervised"
+                )
+            found = posed
         pairs += [p for p in found if len(p) >= 8]
     return pairs
 

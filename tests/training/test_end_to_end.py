@@ -183,4 +183,40 @@ def test_self_supervised_finetune_on_a_folder_of_unposed_images(tmp_path):
     refused = CliRunner().invoke(
         app, [a for a in args if a != "--self-supervised"][:-12] + ["--out", str(tmp_path / "r2")]
     )
-    assert refused.exit_code == 2 and "no poses" in refused.output
+    assert refused.exit_code == 2 and "no ground-truth poses" in refused.output
+
+
+def test_training_on_a_pairs_file_with_ground_truth(tmp_path):
+    """`--data` takes a SuperGlue/LoFTR-style pairs file (name0 name1 rot0 rot1 K0 K1 T_0to1), as `mbp eval` does."""
+    import shutil
+
+    import numpy as np
+
+    from mbp_cli.io.colmap import read_scene, relative_pose
+
+    scene = read_scene(SCENES / "dino")
+    lines = []
+    for a, b in scene.pairs[:3]:
+        for name in (a, b):
+            shutil.copy(scene.image_path(name), tmp_path / name)
+        R, t = relative_pose(scene, a, b)
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, t
+        K0, K1 = scene.camera_of(a).K, scene.camera_of(b).K
+        numbers = [*K0.flatten(), *K1.flatten(), *T.flatten()]
+        lines.append(f"{a} {b} 0 0 " + " ".join(f"{v:.12g}" for v in numbers))
+    pairs_file = tmp_path / "pairs_gt.txt"
+    pairs_file.write_text("\n".join(lines) + "\n")
+    options = TrainOptions(
+        data=str(pairs_file),
+        cache_dir=str(tmp_path / "cache"),
+        network=TINY,
+        recipe=EndToEndConfig(hypotheses=8, max_points=256),
+        batch_pairs=3,
+        max_steps=1,
+        device="cpu",
+    )
+    pairs = trainer.load_pairs(*trainer.split_scenes(options)[:1], options)
+    assert len(pairs) == 3 and all(np.isfinite(p.R).all() for p in pairs)
+    state = train(options, tmp_path / "run")
+    assert state["step"] == 1 and state["skipped"] == 0
