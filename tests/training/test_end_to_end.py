@@ -220,3 +220,12 @@ def test_training_on_a_pairs_file_with_ground_truth(tmp_path):
     assert len(pairs) == 3 and all(np.isfinite(p.R).all() for p in pairs)
     state = train(options, tmp_path / "run")
     assert state["step"] == 1 and state["skipped"] == 0
+
+
+def test_dsac_expectation_and_eigen_free_terms_give_finite_gradients(kermit_pairs, single_thread):
+    torch.manual_seed(0)
+    model = ConsensusNetwork(TINY).train()
+    weights = LossWeights(epipolar=1.0, pose=1.0, classification=0.1, eigen_free=0.5)
+    loss, stats, grad = _gradient(model, kermit_pairs[:2], "ift", expected=True, alpha=0.5, losses=weights)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all() and grad.norm() > 0
+    assert {"epipolar", "pose_error_deg", "classification", "eigen_free"} <= stats.keys()
