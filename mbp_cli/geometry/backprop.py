@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from mbp_cli.geometry.essential import cofactor
 from mbp_cli.geometry.solver import MAX_ROOTS, SAMPLE_SIZE, five_point
 
 BACKPROP_MODES = ("ift", "ddn", "autograd")
@@ -55,12 +56,6 @@ def essential_equations(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> 
     EEt = E @ E.transpose(-1, -2)
     trace = 2.0 * EEt @ E - EEt.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None] * E
     return torch.cat([epipolar, norm, trace.flatten(-2), torch.linalg.det(E).unsqueeze(-1)], -1)
-
-
-def _cofactor(E: torch.Tensor) -> torch.Tensor:
-    """∂ det E / ∂E (..., 3, 3): rows are cross products of the other two rows."""
-    r0, r1, r2 = E[..., 0, :], E[..., 1, :], E[..., 2, :]
-    return torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -2)
 
 
 def equation_jacobians(
@@ -95,7 +90,7 @@ def equation_jacobians(
         blocks[:, :, i, :, i] += EEt  # (E Eᵀ)_ac δ_bd
     trace_rows = 2.0 * (cubic - outer)
     trace_rows.diagonal(dim1=-2, dim2=-1).sub_(trace[:, None])
-    det = _cofactor(E).reshape(M, 1, 9)
+    det = cofactor(E).reshape(M, 1, 9)
     J_E = torch.cat([epipolar, norm, trace_rows, det], 1)
     dx0 = (X1 @ E)[..., :2]  # (Eᵀ x1)ᵀ = x1ᵀ E
     dx1 = (X0 @ E.transpose(-1, -2))[..., :2]

@@ -26,6 +26,15 @@ def essential_from_pose(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return skew(t) @ R
 
 
+def cofactor(E: torch.Tensor) -> torch.Tensor:
+    """Cofactor matrices ``cof(E)`` (..., 3, 3), rows the cross products of the other two rows of E.
+
+    ``cof(E) = ∂ det E / ∂E``, and for ``E = [t]x R`` with ``||t|| = 1``, ``cof(E) = t tᵀ R``.
+    """
+    r0, r1, r2 = E[..., 0, :], E[..., 1, :], E[..., 2, :]
+    return torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -2)
+
+
 def homogeneous(x: torch.Tensor) -> torch.Tensor:
     """(..., 2) -> (..., 3) by appending ones."""
     return torch.cat([x, torch.ones_like(x[..., :1])], -1)

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from mbp_cli.geometry.essential import sampson_squared
+from mbp_cli.geometry.essential import cofactor, sampson_squared
+from mbp_cli.geometry.rotation import skew
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -44,12 +45,7 @@ def pose_from_essential_aligned(E: torch.Tensor, t_reference: torch.Tensor) -> t
     t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sign = torch.where((t * t_reference).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(t.dtype)
     t = t * sign
-    tx = torch.zeros(*t.shape[:-1], 3, 3, dtype=t.dtype, device=t.device)
-    tx[..., 0, 1], tx[..., 0, 2], tx[..., 1, 2] = -t[..., 2], t[..., 1], -t[..., 0]
-    tx = tx - tx.transpose(-1, -2)
-    r0, r1, r2 = E[..., 0, :], E[..., 1, :], E[..., 2, :]
-    cofactor = torch.stack([_cross(r1, r2), _cross(r2, r0), _cross(r0, r1)], -2)
-    return tx.transpose(-1, -2) @ E + cofactor, t
+    return skew(t).transpose(-1, -2) @ E + cofactor(E), t
 
 
 def _safe_angle(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -69,11 +65,11 @@ def pose_loss(E: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor) -> torch.
     R, t = pose_from_essential_aligned(E, t_gt)
     R_rel = R @ R_gt.transpose(-1, -2)
     cos_r = ((R_rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    skew = torch.stack(
+    vee = torch.stack(  # 2 sin(θ) times the rotation axis
         [R_rel[..., 2, 1] - R_rel[..., 1, 2], R_rel[..., 0, 2] - R_rel[..., 2, 0], R_rel[..., 1, 0] - R_rel[..., 0, 1]],
         -1,
     )
-    sin_r = (0.25 * (skew * skew).sum(-1) + 1e-20).sqrt()
+    sin_r = (0.25 * (vee * vee).sum(-1) + 1e-20).sqrt()
     cos_t = (t * t_gt).sum(-1)  # t is aligned with t_gt, so the angle is the unsigned one
     sin_t = (_cross(t, t_gt.expand_as(t)).square().sum(-1) + 1e-20).sqrt()
     return _safe_angle(cos_r, sin_r) + _safe_angle(cos_t, sin_t)
