@@ -45,6 +45,7 @@ from mbp_cli.io.output import atomic_write_text
 from mbp_cli.network.config import NetworkConfig
 from mbp_cli.network.consensus import ConsensusNetwork
 from mbp_cli.network.weights import save_weights
+from mbp_cli.pipeline import resolve_device
 from mbp_cli.robust.ransac import RansacOptions
 from mbp_cli.training.end_to_end import EndToEndConfig, make_batch, seeded_generator, step_losses
 from mbp_cli.training.init import pose_metrics
@@ -141,13 +142,8 @@ def _init_distributed(device: torch.device) -> _Distributed:
 
 
 def resolve_training_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but no CUDA GPU is available; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {name!r}; choose auto, cpu or cuda")
-    device = torch.device(name)
+    """:func:`mbp_cli.pipeline.resolve_device`, on the GPU of this process's ``LOCAL_RANK`` under torchrun."""
+    device = resolve_device(name)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
@@ -230,8 +226,7 @@ def _initial_model(options: TrainOptions) -> ConsensusNetwork:
     from mbp_cli.network.weights import load_model, load_weights
 
     path = Path(options.init).expanduser()
-    model = load_weights(path) if path.suffix == ".safetensors" or path.exists() else load_model(options.init)
-    return model
+    return load_weights(path) if path.suffix == ".safetensors" or path.exists() else load_model(options.init)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -412,8 +407,7 @@ def train(
             finite = bool(torch.isfinite(loss))
             if finite:
                 loss.backward()
-            grads = [p.grad for p in model.parameters() if p.grad is not None]
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip) if grads else torch.tensor(0.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)  # 0 without gradients
             ok = torch.tensor([1.0 if finite and bool(torch.isfinite(grad_norm)) else 0.0], device=device)
             if ddp.world > 1:  # every rank skips together
                 dist.all_reduce(ok, op=dist.ReduceOp.MIN)
