@@ -405,7 +405,9 @@ def train(
             loss, stats = step_losses(heads, batch, options.recipe, seeded_generator(options.seed, step, ddp.rank, 2))
             optimizer.zero_grad(set_to_none=True)
             finite = bool(torch.isfinite(loss))
-            if finite:
+            # Under DDP every rank must run backward (it all-reduces the gradients); a non-finite loss then gives
+            # non-finite gradients on every rank, and all ranks skip the step below.
+            if finite or ddp.world > 1:
                 loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.clip)  # 0 without gradients
             ok = torch.tensor([1.0 if finite and bool(torch.isfinite(grad_norm)) else 0.0], device=device)
