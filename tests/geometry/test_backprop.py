@@ -86,6 +86,22 @@ def test_ift_gradient_matches_central_finite_differences():
     assert worst <= 1e-6
 
 
+def test_ift_tangent_solve_equals_the_16_equation_least_squares():
+    """μ from the 5×5 tangent-space system = the epipolar entries of (J_E⁺)ᵀ ḡ from the full 16×9 J_E."""
+    x0, x1, _ = _samples(12, seed=15, noise_px=0.5)
+    E, valid = five_point(x0, x1)
+    sample, root = valid.nonzero(as_tuple=True)
+    E, x0, x1 = E[sample, root], x0[sample], x1[sample]
+    G = torch.randn(E.shape[0], 3, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grad0, grad1, regular = ift_vjp(E, x0, x1, G)
+    assert regular.all()
+    J_E, dx0, dx1 = equation_jacobians(E, x0, x1)
+    mu = (torch.linalg.pinv(J_E).transpose(1, 2) @ G.reshape(-1, 9, 1))[:, :5]
+    dense = torch.cat([-mu * dx0, -mu * dx1], 1).flatten(1)
+    ours = torch.cat([grad0, grad1], 1).flatten(1)
+    assert ((ours - dense).norm(dim=-1) / dense.norm(dim=-1)).max() < 1e-8
+
+
 def test_ift_gradient_equals_kornias_backward():
     """kornia's find_essential differentiates its own solver exactly: the oracle of method.md §5."""
     from kornia.geometry.epipolar import find_essential
