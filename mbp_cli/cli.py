@@ -208,7 +208,9 @@ def evaluate(
     max_pairs: Annotated[int, typer.Option(help="Keep at most this many pairs per scene, evenly spread (0: all).")] = 0,
     baselines: Annotated[
         str,
-        typer.Option(help="Also run these on the same matches: opencv,poselib,pycolmap (NAME@PX: own threshold)."),
+        typer.Option(
+            help="Also run these on the same matches: opencv,poselib,pycolmap,pymagsac (NAME@PX: own threshold)."
+        ),
     ] = "",
     workers: Annotated[int, typer.Option(help="Worker processes, one thread each (1: this process).")] = 1,
     shard: Annotated[

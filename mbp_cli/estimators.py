@@ -3,8 +3,9 @@
 Every estimator receives the same normalized (undistorted, ``K^-1``-applied) correspondences and a pixel
 threshold with the focal length that converts it, and returns a pose in the product's convention
 ``x1 = R x0 + t``. Baselines that want pixels get a virtual pinhole camera with that focal length and the
-principal point at the origin, which is the same geometry. OpenCV, PoseLib and pycolmap are optional
-dependencies; a missing one raises :class:`MissingDependencyError` with the install command.
+principal point at the origin (or, for pymagsac, shifted so that every point has positive coordinates), which is
+the same geometry. PoseLib, pycolmap and pymagsac are optional dependencies; a missing one raises
+:class:`MissingDependencyError` with the install command.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from mbp_cli.errors import MbpError
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 
-ESTIMATORS = ("mbp", "opencv", "poselib", "pycolmap")
+ESTIMATORS = ("mbp", "opencv", "poselib", "pycolmap", "pymagsac")
 
 
 class MissingDependencyError(MbpError):
@@ -167,6 +168,52 @@ class PycolmapEstimator:
         return PoseOutcome(R, t / np.linalg.norm(t), np.asarray(answer["inlier_mask"], bool), "ok", elapsed)
 
 
+class PymagsacEstimator:
+    """pymagsac's ``findEssentialMatrix`` (Barath's MAGSAC++ with its own 5-point solver and LO), then the
+    cheirality test of ``cv2.recoverPose`` on its inliers.
+
+    pymagsac wants pixel coordinates inside an image (its samplers grid the image): the virtual camera's
+    principal point moves the points' bounding box to start at one pixel, which changes no geometry. Uniform
+    sampling (``sampler=0``): the baselines get no match quality, like PoseLib and pycolmap.
+    """
+
+    name = "pymagsac"
+
+    def __init__(self, confidence: float = 0.9999, max_iters: int = 10_000) -> None:
+        try:
+            import pymagsac
+        except ImportError as exc:
+            raise MissingDependencyError("pymagsac is not installed: pip install pymagsac") from exc
+        import cv2
+
+        self._pymagsac = pymagsac
+        self._cv2 = cv2
+        self.confidence = confidence
+        self.max_iters = max_iters
+
+    def estimate(
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+    ) -> PoseOutcome:
+        start = time.perf_counter()
+        p0, p1 = x0 * focal, x1 * focal
+        origin = np.minimum(p0.min(0), p1.min(0)) - 1.0
+        size = np.maximum(p0.max(0), p1.max(0)) - origin + 1.0
+        K = np.array([[focal, 0.0, -origin[0]], [0.0, focal, -origin[1]], [0.0, 0.0, 1.0]])
+        correspondences = np.ascontiguousarray(np.concatenate([p0 - origin, p1 - origin], 1), dtype=np.float64)
+        E, mask = self._pymagsac.findEssentialMatrix(
+            correspondences, K, K, float(size[0]), float(size[1]), float(size[0]), float(size[1]),
+            probabilities=[], sampler=0, use_magsac_plus_plus=True, sigma_th=threshold_px,
+            conf=self.confidence, max_iters=self.max_iters,
+        )  # fmt: skip
+        mask = np.asarray(mask, bool).ravel()
+        if E is None or np.asarray(E).shape != (3, 3) or mask.sum() < 5:
+            return PoseOutcome(None, None, np.zeros(len(x0), bool), "no_model", _timed(start))
+        # E is on pymagsac's pixel-to-normalized conversion of the same K: our normalized points.
+        _, R, t, _ = self._cv2.recoverPose(np.asarray(E), x0, x1, np.eye(3), mask=mask.astype(np.uint8)[:, None])
+        elapsed = _timed(start)
+        return PoseOutcome(R, t.ravel() / np.linalg.norm(t), mask, "ok", elapsed)
+
+
 def create_estimator(name: str, options: RansacOptions = RansacOptions()) -> PoseEstimator:
     """Build an estimator by name: one of :data:`ESTIMATORS`, or ``mbp-msac``."""
     if name == "mbp":
@@ -179,4 +226,6 @@ def create_estimator(name: str, options: RansacOptions = RansacOptions()) -> Pos
         return PoseLibEstimator()
     if name == "pycolmap":
         return PycolmapEstimator()
+    if name == "pymagsac":
+        return PymagsacEstimator()
     raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")

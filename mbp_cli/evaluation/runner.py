@@ -61,7 +61,7 @@ class Baseline:
     """A baseline of ``--baselines``: an estimator of :mod:`mbp_cli.estimators`, at mbp's threshold or its own.
 
     Attributes:
-        name: ``opencv``, ``poselib``, ``pycolmap`` (or ``mbp-msac``).
+        name: ``opencv``, ``poselib``, ``pycolmap``, ``pymagsac`` (or ``mbp-msac``).
         threshold_px: its inlier threshold in pixels; None: the threshold of mbp (``--threshold``).
     """
 
