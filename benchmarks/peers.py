@@ -178,7 +178,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.8)
     parser.add_argument("--num-features", type=int, default=8000)
     parser.add_argument("--matcher", default="sift")
-    parser.add_argument("--methods", default="mbp,opencv,poselib,pycolmap,pymagsac")
+    parser.add_argument("--methods", default="mbp,opencv,poselib,pycolmap")
     parser.add_argument("--thresholds", default="0.25,0.5,1,2")
     parser.add_argument("--max-pairs-per-scene", type=int, default=0, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
