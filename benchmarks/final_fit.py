@@ -54,18 +54,18 @@ VARIANTS = (
 
 
 def _worker(task: tuple) -> list[dict]:
-    scene_dir, ratio, indices, model = task
+    scene_dir, ratio, indices, model, weights = task
     single_thread()
     import torch
 
     from mbp_cli.geometry.essential import essential_from_pose, sampson_squared, triangulated_depths
     from mbp_cli.metrics import pose_error_deg
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
-    from mbp_cli.network.weights import load_model
+    from mbp_cli.network.weights import load_model, load_weights
     from mbp_cli.robust.ransac import RansacOptions, ransac_essential
     from mbp_cli.robust.refine import RefineOptions, refine_pose
 
-    net = load_model(model)
+    net = load_weights(weights) if weights else load_model(model)
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
     rows = []
     for i in indices:
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--scenes", default="dino,kermit,kitti06")
     parser.add_argument("--ratio", type=float, default=0.95)
     parser.add_argument("--model", default="sift-kl-w64")
+    parser.add_argument("--weights", default=None, help="a weights file instead of --model")
     parser.add_argument("--max-pairs-per-scene", type=int, default=150, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -146,7 +147,7 @@ def main() -> None:
         cap = args.max_pairs_per_scene or n
         chosen = sorted(set(np.linspace(0, n - 1, min(n, cap)).round().astype(int).tolist()))
         for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 20)):
-            tasks.append((str(d), args.ratio, chunk.tolist(), args.model))
+            tasks.append((str(d), args.ratio, chunk.tolist(), args.model, args.weights))
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
@@ -154,7 +155,7 @@ def main() -> None:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     text = markdown(rows, scenes, args.ratio, command)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"final_fit_ratio{args.ratio:g}"
+    stem = f"final_fit_ratio{args.ratio:g}" + (f"_{Path(args.weights).stem}" if args.weights else "")
     (args.out / f"{stem}.md").write_text(text)
     (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}))
     print(text)
