@@ -83,3 +83,5 @@ def test_options_validate():
         RansacOptions(threshold_px=-1)
     with pytest.raises(ValueError, match="sampler"):
         RansacOptions(sampler="gumbel?")
+    with pytest.raises(ValueError, match="refine scale"):
+        RansacOptions(refine_scale=0.0)
