@@ -25,23 +25,19 @@ Writes ``final_fit_ratio<r>.md`` and ``.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, single_thread  # noqa: E402
+from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
-from mbp_cli.evaluation.summary import pose_auc  # noqa: E402
 
 VARIANTS = (
     "lm",
@@ -113,22 +109,6 @@ def _worker(task: tuple) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], scenes: list[str], ratio: float, command: str) -> str:
-    lines = [
-        f"Final-fit variants and oracle inlier sets, Lowe ratio {ratio:g}, {len(rows)} pairs of "
-        f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
-        "",
-        "| variant | AUC@5 | AUC@10 | AUC@20 | " + " | ".join(f"{s} AUC@5" for s in scenes) + " |",
-        "|---|---|---|---|" + "---|" * len(scenes),
-    ]
-    for v in VARIANTS:
-        auc = pose_auc([r[v] for r in rows], (5.0, 10.0, 20.0))
-        per = [pose_auc([r[v] for r in rows if r["scene"] == s], (5.0,))[0] for s in scenes]
-        lines.append(f"| {v} | " + " | ".join(f"{100 * a:.1f}" for a in [*auc, *per]) + " |")
-    lines += ["", f"Command: `{command}`", ""]
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
@@ -141,23 +121,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     scenes = args.scenes.split(",")
-    tasks = []
-    for d in scene_dirs(args.scenes_root, scenes):
-        n = len(load_scene_matches(d, args.ratio, cache_dir=CACHE))
-        cap = args.max_pairs_per_scene or n
-        chosen = sorted(set(np.linspace(0, n - 1, min(n, cap)).round().astype(int).tolist()))
-        for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 20)):
-            tasks.append((str(d), args.ratio, chunk.tolist(), args.model, args.weights))
+    chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
+    tasks = [(d, args.ratio, indices, args.model, args.weights) for d, indices in chunks]
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    text = markdown(rows, scenes, args.ratio, command)
-    args.out.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"Final-fit variants and oracle inlier sets, Lowe ratio {args.ratio:g}, {len(rows)} pairs of "
+        f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
+        "",
+        *auc_rows(rows, list(VARIANTS), scenes, "variant"),
+        "",
+        f"Command: `{command}`",
+        "",
+    ]
+    text = "\n".join(lines)
     stem = f"final_fit_ratio{args.ratio:g}" + (f"_{Path(args.weights).stem}" if args.weights else "")
-    (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}))
+    save_result(args.out, stem, text, command, rows)
     print(text)
 
 

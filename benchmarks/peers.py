@@ -47,6 +47,37 @@ def single_thread() -> None:
     cv2.setNumThreads(1)
 
 
+def spread_pair_chunks(dirs: list[Path], ratio: float, max_pairs_per_scene: int, chunk: int = 20) -> list[tuple]:
+    """``(scene_dir, indices)`` chunks of at most ~``chunk`` pairs, evenly spread over each scene (0: all pairs)."""
+    chunks = []
+    for d in dirs:
+        n = len(load_scene_matches(d, ratio, cache_dir=CACHE))
+        cap = max_pairs_per_scene or n
+        chosen = sorted(set(np.linspace(0, n - 1, min(n, cap)).round().astype(int).tolist()))
+        chunks += [(str(d), c.tolist()) for c in np.array_split(np.array(chosen), max(1, len(chosen) // chunk))]
+    return chunks
+
+
+def auc_rows(rows: list[dict], keys: list[str], scenes: list[str], first_column: str, digits: int = 1) -> list[str]:
+    """Markdown rows ``| key | AUC@5 | AUC@10 | AUC@20 | AUC@5 per scene |`` of per-pair errors ``row[key]``."""
+    lines = [
+        f"| {first_column} | AUC@5 | AUC@10 | AUC@20 | " + " | ".join(f"{s} AUC@5" for s in scenes) + " |",
+        "|---|---|---|---|" + "---|" * len(scenes),
+    ]
+    for key in keys:
+        auc = pose_auc([r[key] for r in rows], AUC_THRESHOLDS)
+        per = [pose_auc([r[key] for r in rows if r["scene"] == s], (5.0,))[0] for s in scenes]
+        lines.append(f"| {key} | " + " | ".join(f"{100 * a:.{digits}f}" for a in [*auc, *per]) + " |")
+    return lines
+
+
+def save_result(out: Path, stem: str, text: str, command: str, rows: list[dict]) -> None:
+    """``<stem>.md`` (the table) and ``<stem>.json`` (the command and every pair's result) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}))
+
+
 def scene_matches(scene_dir: Path, matcher_name: str, ratio: float, num_features: int) -> list[PairMatches]:
     """Normalized matches and ground truth of every listed pair of one scene (the library's cache)."""
     single_thread()

@@ -14,23 +14,19 @@ Writes ``refine_scale_ratio<r>.md`` and ``.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, single_thread  # noqa: E402
+from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
-from mbp_cli.evaluation.summary import pose_auc  # noqa: E402
 
 SAMPLERS = ("gumbel", "uniform")
 
@@ -81,35 +77,25 @@ def main() -> None:
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     scales = [float(s) for s in args.scales.split(",")]
-    tasks = []
-    for d in scene_dirs(args.scenes_root, scenes):
-        n = len(load_scene_matches(d, args.ratio, cache_dir=CACHE))
-        cap = args.max_pairs_per_scene or n
-        chosen = sorted(set(np.linspace(0, n - 1, min(n, cap)).round().astype(int).tolist()))
-        for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 20)):
-            tasks.append((str(d), args.ratio, chunk.tolist(), scales, args.model))
+    chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
+    tasks = [(d, args.ratio, indices, scales, args.model) for d, indices in chunks]
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    keys = [f"{sampler}@{scale:g}" for sampler in SAMPLERS for scale in scales]
     lines = [
         f"The whole estimator at final-LM scales {args.scales} (fractions of the 1 px threshold), Lowe ratio "
         f"{args.ratio:g}, {len(rows)} pairs of {', '.join(scenes)}, seed 0.",
         "",
-        "| sampler @ scale | AUC@5 | AUC@10 | AUC@20 | " + " | ".join(f"{s} AUC@5" for s in scenes) + " |",
-        "|---|---|---|---|" + "---|" * len(scenes),
+        *auc_rows(rows, keys, scenes, "sampler @ scale", digits=2),
+        "",
+        f"Command: `{command}`",
+        "",
     ]
-    for key in (f"{sampler}@{scale:g}" for sampler in SAMPLERS for scale in scales):
-        auc = pose_auc([r[key] for r in rows], (5.0, 10.0, 20.0))
-        per = [pose_auc([r[key] for r in rows if r["scene"] == s], (5.0,))[0] for s in scenes]
-        lines.append(f"| {key} | " + " | ".join(f"{100 * a:.2f}" for a in [*auc, *per]) + " |")
-    lines += ["", f"Command: `{command}`", ""]
     text = "\n".join(lines)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"refine_scale_ratio{args.ratio:g}"
-    (args.out / f"{stem}.md").write_text(text)
-    (args.out / f"{stem}.json").write_text(json.dumps({"command": command, "rows": rows}))
+    save_result(args.out, f"refine_scale_ratio{args.ratio:g}", text, command, rows)
     print(text)
 
 
