@@ -62,6 +62,13 @@ class EstimateOptions:
     refinement: Annotated[bool, typer.Option("--refine/--no-refine", help="Final Levenberg-Marquardt refinement.")] = (
         True
     )
+    refine_scale: Annotated[
+        float,
+        typer.Option(
+            help="Cauchy scale of the final refinement as a fraction of --threshold (0.5: +0.1-0.2 AUC@5 on the "
+            "training scenes, benchmarks/refine_scale.py)."
+        ),
+    ] = 1.0
     seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal results.")] = 0
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu"
     network: Annotated[
@@ -102,6 +109,7 @@ class EstimateOptions:
             scoring=self.scoring,
             local_optimization=self.local_optimization,
             final_refinement=self.refinement,
+            refine_scale=self.refine_scale,
             seed=self.seed,
         )
         config = EstimateConfig(

@@ -752,6 +752,10 @@ def test_unknown_sampler(mbp, out):
     )
 
 
+def test_non_positive_refine_scale(mbp, out):
+    assert_error(mbp(estimate_args(REL0, REL1, *output_args(out), "--refine-scale", "0")), 2, "refine scale", out=out)
+
+
 def test_loftr_weights_missing(mbp, tmp_path, out):
     torch_home = tmp_path / "torch_home"
     torch_home.mkdir()
