@@ -33,15 +33,11 @@ from typing import Any
 
 import torch
 
-from mbp_cli.geometry.essential import cofactor
+from mbp_cli.geometry.essential import cofactor, homogeneous, null_vector, tangent_basis
 from mbp_cli.geometry.solver import MAX_ROOTS, SAMPLE_SIZE, five_point
 
 BACKPROP_MODES = ("ift", "ddn", "autograd")
 NUM_EQUATIONS = 16
-
-
-def _homogeneous(x: torch.Tensor) -> torch.Tensor:
-    return torch.cat([x, torch.ones_like(x[..., :1])], -1)
 
 
 def essential_equations(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -53,7 +49,7 @@ def essential_equations(E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor) -> 
     Returns:
         (..., 16): 5 epipolar, 1 norm, 9 trace (row-major), 1 determinant.
     """
-    X0, X1 = _homogeneous(x0), _homogeneous(x1)
+    X0, X1 = homogeneous(x0), homogeneous(x1)
     epipolar = torch.einsum("...ni,...ij,...nj->...n", X1, E, X0)
     norm = (E * E).sum((-2, -1)).unsqueeze(-1) - 1.0
     EEt = E @ E.transpose(-1, -2)
@@ -75,7 +71,7 @@ def equation_jacobians(
         dx1: (M, 5, 2) ``∂F_i/∂x1_i`` = ``(E x0ᵢ)₁,₂``.
     """
     M = E.shape[0]
-    X0, X1 = _homogeneous(x0), _homogeneous(x1)
+    X0, X1 = homogeneous(x0), homogeneous(x1)
     epipolar = (X1.unsqueeze(-1) * X0.unsqueeze(-2)).reshape(M, SAMPLE_SIZE, 9)
     norm = 2.0 * E.reshape(M, 1, 9)
     # T = 2 E Eᵀ E − tr(E Eᵀ) E;  ∂(E Eᵀ E)_ab / ∂E_cd = δ_ac (EᵀE)_db + E_ad E_cb + δ_bd (E Eᵀ)_ac,
@@ -98,17 +94,6 @@ def equation_jacobians(
     dx0 = (X1 @ E)[..., :2]  # (Eᵀ x1)ᵀ = x1ᵀ E
     dx1 = (X0 @ E.transpose(-1, -2))[..., :2]
     return J_E, dx0, dx1
-
-
-def _right_null_vector(E: torch.Tensor) -> torch.Tensor:
-    """Unit ``v`` with ``E v = 0`` for (M, 3, 3) essential matrices: ``EᵀE / tr(EᵀE) = (I − v vᵀ) / 2``."""
-    S = E.transpose(1, 2) @ E
-    S = S / S.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-300)[:, None, None]
-    P = torch.eye(3, dtype=E.dtype, device=E.device) - 2.0 * S  # v vᵀ
-    diagonal = P.diagonal(dim1=1, dim2=2)
-    k = diagonal.argmax(-1)  # the best-conditioned column of the rank-1 v vᵀ
-    rows = torch.arange(E.shape[0], device=E.device)
-    return P[rows, :, k] / diagonal[rows, k].clamp_min(1e-300).sqrt()[:, None]
 
 
 def ift_vjp(
@@ -136,14 +121,10 @@ def ift_vjp(
     Returns:
         grad_x0, grad_x1: (M, 5, 2); regular: (M,) bool.
     """
-    X0, X1 = _homogeneous(x0), _homogeneous(x1)
+    X0, X1 = homogeneous(x0), homogeneous(x1)
     Ex0 = X0 @ E.transpose(1, 2)  # (M, 5, 3) rows E x0ᵢ
     Etx1 = X1 @ E  # rows Eᵀ x1ᵢ
-    v = _right_null_vector(E)
-    axis = torch.zeros_like(v).scatter_(1, v.abs().argmin(-1, keepdim=True), 1.0)  # least parallel to v
-    b1 = torch.linalg.cross(v, axis)
-    b1 = b1 / b1.norm(dim=-1, keepdim=True)
-    B = torch.stack([b1, torch.linalg.cross(v, b1)], -1)  # (M, 3, 2) orthonormal basis of v⊥
+    B = tangent_basis(null_vector(E))  # (M, 3, 2) orthonormal basis of v⊥, E v = 0
     QG = torch.cat([torch.linalg.cross(Ex0, X1), torch.linalg.cross(X0, Etx1) @ B], -1)  # (M, 5, 5)
     left = torch.linalg.cross(E, grad_E, dim=1).sum(-1)  # Σ_c E_{:c} × ḡ_{:c}
     right = torch.linalg.cross(grad_E, E, dim=2).sum(1)  # Σ_r ḡ_{r:} × E_{r:}

@@ -35,6 +35,28 @@ def cofactor(E: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.linalg.cross(r1, r2), torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -2)
 
 
+def null_vector(E: torch.Tensor) -> torch.Tensor:
+    """Unit ``v`` with ``E v = 0`` for (..., 3, 3) rank-2 matrices (sign arbitrary); ``null_vector(Eᵀ)`` is the
+    left one (``tᵀ E = 0``, the translation of an essential matrix).
+
+    Every row of ``cof(E)`` is parallel to ``v``; the longest is the best conditioned. The choice carries no
+    gradient, the chosen row does.
+    """
+    rows = cofactor(E)
+    best = rows.detach().norm(dim=-1).argmax(-1)
+    v = torch.gather(rows, -2, best[..., None, None].expand(*best.shape, 1, 3)).squeeze(-2)
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def tangent_basis(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) unit vectors -> (..., 3, 2) orthonormal bases of the planes orthogonal to them."""
+    # Cross with the coordinate axis least aligned with v, for a well-conditioned first basis vector.
+    axis = torch.zeros_like(v).scatter_(-1, v.abs().argmin(-1, keepdim=True), 1.0)
+    b1 = torch.linalg.cross(v, axis)
+    b1 = b1 / b1.norm(dim=-1, keepdim=True)
+    return torch.stack([b1, torch.linalg.cross(v, b1)], -1)
+
+
 def homogeneous(x: torch.Tensor) -> torch.Tensor:
     """(..., 2) -> (..., 3) by appending ones."""
     return torch.cat([x, torch.ones_like(x[..., :1])], -1)

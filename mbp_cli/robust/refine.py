@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mbp_cli.geometry.essential import homogeneous
+from mbp_cli.geometry.essential import homogeneous, tangent_basis
 from mbp_cli.geometry.rotation import skew, so3_exp
 
 LOSSES = ("cauchy", "truncated", "huber")
@@ -39,17 +39,6 @@ class RefineOptions:
     gradient_tol: float = 1e-12
     step_tol: float = 1e-10
     cost_tol: float = 1e-6
-
-
-def _tangent_basis(t: torch.Tensor) -> torch.Tensor:
-    """(H, 3) unit vectors -> (H, 3, 2) orthonormal bases of their tangent planes."""
-    # Cross with the coordinate axis least aligned with t, for a well-conditioned first basis vector.
-    axis = torch.zeros_like(t)
-    axis.scatter_(-1, t.abs().argmin(-1, keepdim=True), 1.0)
-    b1 = torch.linalg.cross(t, axis)
-    b1 = b1 / b1.norm(dim=-1, keepdim=True)
-    b2 = torch.linalg.cross(t, b1)
-    return torch.stack([b1, b2], -1)
 
 
 def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
@@ -115,9 +104,9 @@ def sampson_residuals_and_jacobian(
     Returns:
         r: (H, N) residuals; J: (H, N, 5) derivatives w.r.t. (w1, w2, w3, b1, b2) at zero update, where the
         rotation is updated as ``R exp([w]x)`` and the translation as ``t + b1 u1 + b2 u2`` (then normalised) in
-        the tangent basis of :func:`_tangent_basis`.
+        the tangent basis of :func:`~mbp_cli.geometry.essential.tangent_basis`.
     """
-    r, J = _linearize(R, t, _tangent_basis(t), design)
+    r, J = _linearize(R, t, tangent_basis(t), design)
     return r.T, J.transpose(0, 1)
 
 
@@ -172,7 +161,7 @@ def refine_pose(
         rho, w = robust_cost_and_weights(r * r, scale, options.loss)
         return r, J, w * pw, (rho * pw).sum(0)
 
-    basis = _tangent_basis(t)
+    basis = tangent_basis(t)
     r, J, w, cost = evaluate(R, t, basis)
     lam = torch.full((H,), options.initial_lambda, dtype=R.dtype, device=R.device)
     active = torch.ones(H, dtype=torch.bool, device=R.device)
@@ -190,7 +179,7 @@ def refine_pose(
         R_new = R @ so3_exp(step[:, :3])
         t_new = t + (basis @ step[:, 3:].unsqueeze(-1)).squeeze(-1)
         t_new = t_new / t_new.norm(dim=-1, keepdim=True)
-        basis_new = _tangent_basis(t_new)
+        basis_new = tangent_basis(t_new)
         r_new, J_new, w_new, cost_new = evaluate(R_new, t_new, basis_new)
         better = active & (cost_new < cost)
         converged = better & (cost - cost_new <= options.cost_tol * cost)

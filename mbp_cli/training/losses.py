@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from mbp_cli.geometry.essential import cofactor, sampson_squared
+from mbp_cli.geometry.essential import cofactor, null_vector, sampson_squared
 from mbp_cli.geometry.rotation import skew
 
 
@@ -36,13 +36,7 @@ def pose_from_essential_aligned(E: torch.Tensor, t_reference: torch.Tensor) -> t
         R: (..., 3, 3); t: (..., 3) unit.
     """
     E = E * (math.sqrt(2.0) / E.flatten(-2).norm(dim=-1).clamp_min(1e-12))[..., None, None]
-    c = E.transpose(-1, -2)  # rows of c are the columns of E
-    crosses = torch.stack(
-        [_cross(c[..., 0, :], c[..., 1, :]), _cross(c[..., 1, :], c[..., 2, :]), _cross(c[..., 2, :], c[..., 0, :])], -2
-    )  # (..., 3, 3)
-    best = crosses.detach().norm(dim=-1).argmax(-1)  # the best-conditioned pair, no gradient through the choice
-    t = torch.gather(crosses, -2, best[..., None, None].expand(*best.shape, 1, 3)).squeeze(-2)
-    t = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    t = null_vector(E.transpose(-1, -2))  # the left null vector, through the best-conditioned column pair
     sign = torch.where((t * t_reference).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(t.dtype)
     t = t * sign
     return skew(t).transpose(-1, -2) @ E + cofactor(E), t

@@ -1,11 +1,16 @@
 import pytest
 import torch
 
-from mbp_cli.geometry.essential import essential_from_pose, rotation_error_deg, sampson_squared, translation_error_deg
+from mbp_cli.geometry.essential import (
+    essential_from_pose,
+    rotation_error_deg,
+    sampson_squared,
+    tangent_basis,
+    translation_error_deg,
+)
 from mbp_cli.geometry.rotation import so3_exp
 from mbp_cli.robust.refine import (
     RefineOptions,
-    _tangent_basis,
     epipolar_design,
     refine_pose,
     robust_cost_and_weights,
@@ -27,7 +32,7 @@ def test_residuals_are_signed_sampson_and_jacobian_matches_finite_differences():
     design = epipolar_design(scene.x0, scene.x1)
     r, J = sampson_residuals_and_jacobian(R0[None], t0[None], design)
     assert torch.allclose(r[0] ** 2, sampson_squared(essential_from_pose(R0, t0)[None], scene.x0, scene.x1)[0])
-    basis = _tangent_basis(t0[None])[0]
+    basis = tangent_basis(t0[None])[0]
 
     def residual(delta):
         R = R0 @ so3_exp(delta[:3])
