@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, single_thread  # noqa: E402
+from peers import CACHE, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.evaluation.summary import pose_metrics  # noqa: E402
@@ -313,15 +313,8 @@ def main() -> None:
     dirs = scene_dirs(args.scenes_root, args.scenes.split(","))
     tasks = []
     for ratio in ratios:
-        for d in dirs:
-            n = len(load_scene_matches(d, ratio, cache_dir=CACHE))
-            chosen = (
-                list(range(n))
-                if not args.max_pairs_per_scene
-                else sorted(set(np.linspace(0, n - 1, min(n, args.max_pairs_per_scene)).round().astype(int).tolist()))
-            )
-            for chunk in np.array_split(np.array(chosen), max(1, len(chosen) // 20)):
-                tasks.append((str(d), ratio, chunk.tolist(), model, args.weights, budgets))
+        for d, indices in spread_pair_chunks(dirs, ratio, args.max_pairs_per_scene):
+            tasks.append((d, ratio, indices, model, args.weights, budgets))
     start = time.perf_counter()
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
