@@ -60,9 +60,9 @@ class RansacOptions:
             almost nothing under the final LM's Cauchy loss, but cost as much as the others.
         refine: options of the final LM.
         refine_scale: the final LM's robust-loss (Cauchy) scale as a fraction of the threshold. 0.5 weighs the
-            matches near the threshold less: +0.13 to +0.23 AUC@5 on 369 pairs of the training scenes at Lowe
-            ratios 0.8 and 0.95 (Gumbel and uniform sampling), +0.6 on the held-out ones
-            (``benchmarks/final_fit.py``); the default stays 1 until the published benchmarks are re-run with it.
+            matches near the threshold less: +0.13 to +0.23 AUC@5 over 1 on 369 pairs of the training scenes at
+            Lowe ratios 0.8 and 0.95 (Gumbel and uniform sampling; ``benchmarks/settings.py``), +0.6 on the
+            held-out ones (``benchmarks/final_fit.py``).
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
             or no baseline) and the result is flagged ``degenerate``.
         cheirality_scoring: when comparing polished candidates, count correspondences that triangulate behind
@@ -86,7 +86,7 @@ class RansacOptions:
     final_refinement: bool = True
     refine_margin: float = 3.0
     refine: RefineOptions = field(default_factory=RefineOptions)
-    refine_scale: float = 1.0
+    refine_scale: float = 0.5
     min_parallax_deg: float = 0.2
     lo_candidates: int = 4
     cheirality_scoring: bool = True

@@ -212,6 +212,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("."), help="folder holding weights/ and models/")
     parser.add_argument("--runs", type=Path, default=Path("benchmarks/runs"), help="checkpoints")
     parser.add_argument("--width", type=int, default=NetworkConfig.width)
+    parser.add_argument(
+        "--blocks",
+        default=None,
+        help="residual blocks before the graph block, after it and after the global block (default 4,4,1)",
+    )
     parser.add_argument("--max-points", type=int, default=1000, help="correspondences per pair and step at most")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--steps", type=int, default=6000)
@@ -236,7 +241,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    config = NetworkConfig(width=args.width, max_points=max(args.max_points, NetworkConfig.k))
+    blocks = {}
+    if args.blocks:
+        counts = [int(b) for b in args.blocks.split(",")]
+        if len(counts) != 3:
+            raise SystemExit("--blocks takes three counts: before the graph block, after it, after the global block")
+        blocks = dict(zip(("blocks_before_graph", "blocks_after_graph", "blocks_after_global"), counts, strict=True))
+    config = NetworkConfig(width=args.width, max_points=max(args.max_points, NetworkConfig.k), **blocks)
     train_names = args.train.split(",")
     val_names = args.val.split(",")
     if set(train_names) & set(val_names):
@@ -322,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 model, train[:: max(1, len(train) // 100)], r
             )
     for r, pairs in val_raw.items():
+        if args.val_pose_pairs <= 0:  # classification only (e.g. the folds of benchmarks/loso.py)
+            break
         chosen = []
         for scene in val_names:
             scene_pairs = [p for p in pairs if p.scene == scene]
