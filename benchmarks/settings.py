@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
+from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
 from mbp_cli.robust.ransac import RansacOptions  # noqa: E402
 
 
@@ -61,16 +62,16 @@ def parse_variant(text: str) -> dict:
 
 
 def _worker(task: tuple) -> list[dict]:
-    scene_dir, ratio, indices, variants, model, max_points = task
+    scene_dir, ratio, indices, variants, model, weights, max_points = task
     single_thread()
     import torch
 
     from mbp_cli.metrics import pose_error_deg
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
-    from mbp_cli.network.weights import load_model
+    from mbp_cli.network.weights import load_model, load_weights
     from mbp_cli.robust.ransac import ransac_essential
 
-    net = load_model(model)
+    net = load_weights(weights) if weights else load_model(model)
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
     options = {
         name: RansacOptions(**({"threshold_px": 1.0, "sampler": "gumbel", "seed": 0} | o)) for name, o in variants
@@ -107,7 +108,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.95)
     parser.add_argument("--variants", default="default;refine_scale=0.5", help="';'-separated, see the docstring")
     parser.add_argument("--name", default="variants", help="the result files' name")
-    parser.add_argument("--model", default="sift-kl-w64")
+    parser.add_argument("--model", default=None, help="shipped model (default: the default model)")
+    parser.add_argument("--weights", default=None, help="a weights file instead")
     parser.add_argument("--max-points", type=int, default=None, help="the network's group size (default: its own)")
     parser.add_argument("--max-pairs-per-scene", type=int, default=100, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
@@ -116,7 +118,8 @@ def main() -> None:
     scenes = args.scenes.split(",")
     variants = [(v.strip(), parse_variant(v)) for v in args.variants.split(";")]
     chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
-    tasks = [(d, args.ratio, indices, variants, args.model, args.max_points) for d, indices in chunks]
+    model = args.model or DEFAULT_MODEL
+    tasks = [(d, args.ratio, indices, variants, model, args.weights, args.max_points) for d, indices in chunks]
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
@@ -129,7 +132,8 @@ def main() -> None:
     for k, name in enumerate(names, start=2):
         table[k] += f" {statistics.median(r[f'{name} ms'] for r in rows):.1f} |"
     lines = [
-        f"The whole estimator (network-guided Gumbel sampling, seed 0) under {len(names)} settings, Lowe ratio "
+        f"The whole estimator (network `{args.weights or model}`, Gumbel sampling, seed 0) under {len(names)} "
+        f"settings, Lowe ratio "
         f"{args.ratio:g}, {len(rows)} pairs of {', '.join(scenes)} (median {statistics.median(r['num_matches'] for r in rows):.0f} "
         "matches); time: median per pair, one thread, network included.",
         "",

@@ -55,6 +55,13 @@ def test_scoring_many_matches_is_chunked_deterministic_and_complete():
     small = torch.randn(8, 40)
     torch.testing.assert_close(score_correspondences(model, small), model(small[None])[0])
     assert model.training is False
+    # a smaller group size than the config's splits `small` too: each match then sees only its group's context
+    grouped = score_correspondences(model, small, seed=3, max_points=20)
+    assert grouped.shape == (40,) and torch.isfinite(grouped).all()
+    assert not torch.allclose(grouped, score_correspondences(model, small))
+    model.train()
+    score_correspondences(model, small)
+    assert model.training is True  # scoring leaves a training model in training mode
 
 
 def test_sampling_quality_per_sampler():
