@@ -65,7 +65,7 @@ class EstimateOptions:
     refine_scale: Annotated[
         float,
         typer.Option(
-            help="Cauchy scale of the final refinement as a fraction of --threshold (0.5 gains 0.1-0.2 AUC@5 over 1 "
+            help="Cauchy scale of the final refinement as a fraction of --threshold (0.5 gains 0.11-0.23 AUC@5 over 1 "
             "on the training scenes, benchmarks/settings.py)."
         ),
     ] = 0.5

@@ -60,7 +60,7 @@ class RansacOptions:
             almost nothing under the final LM's Cauchy loss, but cost as much as the others.
         refine: options of the final LM.
         refine_scale: the final LM's robust-loss (Cauchy) scale as a fraction of the threshold. 0.5 weighs the
-            matches near the threshold less: +0.13 to +0.23 AUC@5 over 1 on 369 pairs of the training scenes at
+            matches near the threshold less: +0.11 to +0.23 AUC@5 over 1 on 369 pairs of the training scenes at
             Lowe ratios 0.8 and 0.95 (Gumbel and uniform sampling; ``benchmarks/settings.py``), +0.6 on the
             held-out ones (``benchmarks/final_fit.py``).
         min_parallax_deg: below this median inlier parallax the translation is unobservable (pure rotation
