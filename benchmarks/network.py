@@ -10,7 +10,7 @@ consensus network scores the matches once, then on the very same matches:
 * ``mbp-uniform``: uniform sampling;
 * ``poselib``: PoseLib's LO-RANSAC at default options.
 
-Every mbp variant uses the default options (``RansacOptions()``: 0.75 px, MAGSAC++, LO, LM, confidence 0.9999,
+Every mbp variant uses the default options (``RansacOptions()``: 1 px, MAGSAC++, LO, LM, confidence 0.9999,
 adaptive termination, at least 128 samples); the guided ones stop by the sampling mass of the inliers, the others by the inlier
 fraction. The network-guided times include the network. A second experiment fixes the number of minimal samples
 (``--budgets``) to show accuracy against iterations. A third times each stage on 2000 matches of one pair.

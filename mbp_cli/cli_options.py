@@ -44,9 +44,7 @@ class EstimateOptions:
     loftr_weights: Annotated[
         str | None, typer.Option(help="LoFTR checkpoint (else $MBP_LOFTR_WEIGHTS or torch-hub's cache).")
     ] = None
-    threshold: Annotated[
-        float, typer.Option(help="Inlier threshold on the Sampson distance, pixels (chosen on the training scenes).")
-    ] = 0.75
+    threshold: Annotated[float, typer.Option(help="Inlier threshold on the Sampson distance, pixels.")] = 1.0
     confidence: Annotated[float, typer.Option(help="RANSAC confidence for adaptive termination.")] = 0.9999
     max_iterations: Annotated[int, typer.Option(help="Most minimal samples.")] = 10_000
     sampler: Annotated[
