@@ -243,11 +243,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     generator = torch.Generator().manual_seed(args.seed)
     blocks = {}
     if args.blocks:
-        counts = [int(b) for b in args.blocks.split(",")]
+        usage = "--blocks takes three counts: before the graph block, after it, after the global block (e.g. 2,2,1)"
+        try:
+            counts = [int(b) for b in args.blocks.split(",")]
+        except ValueError:
+            raise SystemExit(usage) from None
         if len(counts) != 3:
-            raise SystemExit("--blocks takes three counts: before the graph block, after it, after the global block")
+            raise SystemExit(usage)
         blocks = dict(zip(("blocks_before_graph", "blocks_after_graph", "blocks_after_global"), counts, strict=True))
-    config = NetworkConfig(width=args.width, max_points=max(args.max_points, NetworkConfig.k), **blocks)
+    try:
+        config = NetworkConfig(width=args.width, max_points=max(args.max_points, NetworkConfig.k), **blocks)
+    except ValueError as exc:
+        raise SystemExit(f"bad network configuration: {exc}") from None
     train_names = args.train.split(",")
     val_names = args.val.split(",")
     if set(train_names) & set(val_names):
