@@ -66,24 +66,26 @@ def _load_network(model: str | None, weights: str | None):
 
 
 def _network_logits(net, pair):
+    """``((logits, fit weighting or None), milliseconds)`` of the network on one pair."""
     import torch
 
-    from mbp_cli.network.features import network_inputs, score_correspondences
+    from mbp_cli.network.features import fit_weighting, network_inputs, score_correspondences
 
     start = time.perf_counter()
     side = {k: torch.from_numpy(v) for k, v in pair.side.items()}
     inputs = network_inputs(torch.from_numpy(pair.x0), torch.from_numpy(pair.x1), side, net.config)
     logits = score_correspondences(net, inputs)
-    return logits, (time.perf_counter() - start) * 1e3
+    return (logits, fit_weighting(net, inputs, logits)), (time.perf_counter() - start) * 1e3
 
 
-def _run_mbp(pair, variant, logits, options):
+def _run_mbp(pair, variant, scores, options):
     import torch
 
     from mbp_cli.network.features import sampling_quality
     from mbp_cli.robust.ransac import ransac_essential
 
     sampler, source = MBP_VARIANTS[variant]
+    logits, weighting = scores
     if source == "network":
         quality = sampling_quality(logits, sampler)
     elif source == "ratio":
@@ -93,7 +95,12 @@ def _run_mbp(pair, variant, logits, options):
     options = replace(options, sampler=sampler)
     start = time.perf_counter()
     res = ransac_essential(
-        torch.from_numpy(pair.x0), torch.from_numpy(pair.x1), options.threshold_px / pair.focal, options, quality
+        torch.from_numpy(pair.x0),
+        torch.from_numpy(pair.x1),
+        options.threshold_px / pair.focal,
+        options,
+        quality,
+        refinement_weights=weighting if source == "network" else None,  # a model's fit head weighs its final LM
     )
     elapsed = (time.perf_counter() - start) * 1e3
     R = None if res.R is None else res.R.numpy()
@@ -138,13 +145,13 @@ def _worker(task: tuple) -> list[dict]:
                     }
                 )
             continue
-        logits, network_ms = _network_logits(net, pair)
+        scores, network_ms = _network_logits(net, pair)
         for m in METHODS:
             if m == "poselib":
                 out = poselib.estimate(pair.x0, pair.x1, pair.focal, 1.0)
                 R, t, status, iterations, elapsed = out.R, out.t, out.status, None, out.time_ms
             else:
-                R, t, status, iterations, elapsed, _ = _run_mbp(pair, m, logits, default)
+                R, t, status, iterations, elapsed, _ = _run_mbp(pair, m, scores, default)
                 if MBP_VARIANTS[m][1] == "network":
                     elapsed += network_ms
             err_R, err_t = pose_error_deg(R, t, pair.R, pair.t)
@@ -165,7 +172,7 @@ def _worker(task: tuple) -> list[dict]:
                 default, min_iterations=budget, max_iterations=budget, batch_size=min(budget, default.batch_size)
             )
             for m in BUDGET_METHODS:
-                R, t, status, iterations, elapsed, _ = _run_mbp(pair, m, logits, fixed)
+                R, t, status, iterations, elapsed, _ = _run_mbp(pair, m, scores, fixed)
                 err_R, err_t = pose_error_deg(R, t, pair.R, pair.t)
                 rows.append(
                     base
@@ -196,9 +203,9 @@ def stage_timing(scene_dir: Path, model: str | None, weights: str | None, num_ma
     _network_logits(net, pair)
     out: dict = {"pair": f"{pair.scene}/{pair.image0}-{pair.image1}", "matches": len(pair), "repeats": repeats}
     out["network_ms"] = float(np.median([_network_logits(net, pair)[1] for _ in range(repeats)]))
-    logits, _ = _network_logits(net, pair)
+    scores, _ = _network_logits(net, pair)
     for variant in ("mbp-gumbel", "mbp-prosac-ratio", "mbp-uniform"):
-        runs = [_run_mbp(pair, variant, logits, RansacOptions(seed=s)) for s in range(repeats)]
+        runs = [_run_mbp(pair, variant, scores, RansacOptions(seed=s)) for s in range(repeats)]
         stages = sorted({k for r in runs for k in r[5]})
         out[variant] = {
             "total_ms": float(np.median([r[4] for r in runs])),

@@ -88,6 +88,7 @@ def estimate_relative_pose(
             undistorted, normalized correspondences with their ``side`` information, and its scores drive the
             sampler: Gumbel top-k on ``logsigmoid(logits)`` (``options.sampler == "gumbel"``) or PROSAC ordered
             by the logits (``"prosac"``); ``uniform`` ignores them. Its time is ``timings_ms["network"]``.
+            A model with a fit head also weighs the final LM's correspondences (:func:`fit_weighting`).
         side: the matcher's per-match side information (:attr:`Matches.side`), needed with a network.
 
     Returns:
@@ -104,17 +105,20 @@ def estimate_relative_pose(
     x1 = camera1.pixels_to_normalized(p1).to(device)
     threshold = options.threshold_px / mean_focal(camera0, camera1)
     network_ms = None
+    refinement_weights = None
     if network is not None and options.sampler != "uniform":
-        from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
+        from mbp_cli.network.features import fit_weighting, network_inputs, sampling_quality, score_correspondences
 
         start = time.perf_counter()
         side_t = {k: torch.as_tensor(v) for k, v in (side or {}).items()}
-        logits = score_correspondences(network, network_inputs(x0, x1, side_t, network.config), seed=options.seed)
+        inputs = network_inputs(x0, x1, side_t, network.config)
+        logits = score_correspondences(network, inputs, seed=options.seed)
         quality = sampling_quality(logits, options.sampler)
+        refinement_weights = fit_weighting(network, inputs, logits)
         network_ms = (time.perf_counter() - start) * 1e3
     elif options.sampler == "gumbel":
         raise ValueError("the gumbel sampler draws by the network's scores; give a network or choose prosac/uniform")
-    result = ransac_essential(x0, x1, threshold, options, quality=quality)
+    result = ransac_essential(x0, x1, threshold, options, quality=quality, refinement_weights=refinement_weights)
     timings = result.timings_ms if network_ms is None else {"network": network_ms, **result.timings_ms}
     n = int(p0.shape[0])
     num_inliers = int(result.inliers.sum())

@@ -60,8 +60,9 @@ def test_every_estimator_recovers_the_same_pose_on_the_same_matches(name):
     estimator = create_estimator(name)
     out = estimator.estimate(scene.x0.numpy(), scene.x1.numpy(), scene.focal, 1.0)
     assert out.status == "ok"
-    # OpenCV returns the best minimal-sample model without a final non-linear refinement: looser bound.
-    tolerance = 0.5 if name == "opencv" else 0.2
+    # OpenCV returns the best minimal-sample model without a final non-linear refinement, and pymagsac's sampler
+    # cannot be seeded (40 runs of this scene: rotation errors 0.03-0.25 deg, translation up to 0.83): looser bound.
+    tolerance = 0.5 if name in ("opencv", "pymagsac") else 0.2
     assert rotation_error_deg(out.R, scene.R.numpy()) < tolerance
     assert translation_error_deg(out.t, scene.t.numpy()) < 5 * tolerance
     assert out.inliers.shape == (300,) and out.time_ms > 0

@@ -35,6 +35,8 @@ class NetworkConfig:
         max_points: correspondences per network pass. More are split into random groups of at most this many,
             scored together as one masked batch, so that the cost stays linear in the number of matches.
         norm_eps: epsilon of the instance and batch normalisations.
+        fit_head_width: hidden width of the fit head (:mod:`mbp_cli.network.fit_head`), which weighs the
+            correspondences of the final LM; 0: no fit head (the final fit is the plain robust LM).
     """
 
     inputs: str = "sift"
@@ -45,6 +47,7 @@ class NetworkConfig:
     k: int = 9
     max_points: int = 2000
     norm_eps: float = 1e-5
+    fit_head_width: int = 0
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUT_CHANNELS:
@@ -53,6 +56,8 @@ class NetworkConfig:
             raise ValueError("width must be positive and block counts non-negative")
         if self.k < 3 or self.k % 3 != 0:
             raise ValueError(f"k must be a positive multiple of 3, got {self.k}")
+        if self.fit_head_width < 0:
+            raise ValueError(f"fit_head_width must be non-negative, got {self.fit_head_width}")
         if self.max_points < self.k:
             raise ValueError(f"max_points ({self.max_points}) must be at least k ({self.k})")
 

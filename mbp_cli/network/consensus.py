@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mbp_cli.network.config import NetworkConfig
+from mbp_cli.network.fit_head import FitHead, fit_feature_names
 
 
 def _mean_var(x: torch.Tensor, mask: torch.Tensor | None, over_batch: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +245,9 @@ class ConsensusNetwork(nn.Module):
         self.global_block = GlobalBlock(w, eps)
         self.blocks2 = nn.ModuleList(ResidualBlock(w, eps) for _ in range(config.blocks_after_global))
         self.head1 = nn.Linear(w, 1)
+        self.fit_head: FitHead | None = None
+        if config.fit_head_width > 0:
+            self.fit_head = FitHead(len(fit_feature_names(config.inputs)), config.fit_head_width)
 
     def forward_both(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """First-head and final logits, each (B, N) with ``-inf`` at padded positions.

@@ -8,12 +8,13 @@ Channels, in order (:data:`mbp_cli.network.config.INPUT_CHANNELS`): normalized c
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from mbp_cli.network.config import NetworkConfig
 from mbp_cli.network.consensus import ConsensusNetwork
+from mbp_cli.network.fit_head import fit_features
 
 # Side information each input kind needs from the matcher (names of mbp_cli.matching.types.Matches.side).
 REQUIRED_SIDE: dict[str, tuple[str, ...]] = {
@@ -124,3 +125,31 @@ def sampling_quality(logits: torch.Tensor, sampler: str) -> torch.Tensor | None:
     if sampler == "prosac":
         return logits.double()
     return None
+
+
+def fit_weighting(
+    model: ConsensusNetwork, inputs: torch.Tensor, logits: torch.Tensor
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The final LM's correspondence weights from the model's fit head, as RANSAC's ``refinement_weights``.
+
+    Args:
+        model: the network; None is returned when it has no fit head.
+        inputs: (C, N) its inputs of the pair (:func:`network_inputs`); logits: (N,) its logits of the pair.
+
+    Returns:
+        A callable ``(near (N,) bool, residuals2 (M,)) -> (M,) weights`` (see
+        :func:`mbp_cli.robust.ransac.ransac_essential`), or None.
+    """
+    head = model.fit_head
+    if head is None:
+        return None
+    kind = model.config.inputs
+
+    def weights(near: torch.Tensor, residuals2: torch.Tensor) -> torch.Tensor:
+        device = logits.device
+        near = near.to(device)
+        features = fit_features(inputs.to(device)[:, near], logits[near], residuals2.to(device), kind)
+        with torch.inference_mode():
+            return head(features).to(residuals2.device)
+
+    return weights

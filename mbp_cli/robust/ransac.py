@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,8 @@ from mbp_cli.robust.samplers import GumbelSampler, ProsacSampler, Sampler, Unifo
 from mbp_cli.robust.scoring import msac_loss, robust_loss
 
 SAMPLERS = ("prosac", "uniform", "gumbel")
+# (N,) bool mask of the correspondences the final LM fits, (M,) their squared residuals in thresholds -> (M,) weights
+RefinementWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SCORINGS = ("magsac", "msac")
 STATUSES = ("ok", "no_model", "degenerate")
 
@@ -221,6 +224,7 @@ def ransac_essential(
     options: RansacOptions = RansacOptions(),
     quality: torch.Tensor | None = None,
     sampler: Sampler | None = None,
+    refinement_weights: RefinementWeights | None = None,
 ) -> EssentialResult:
     """Robustly estimate the essential matrix from normalized correspondences.
 
@@ -232,6 +236,10 @@ def ransac_essential(
         quality: optional (N,) per-correspondence quality (higher is better): the PROSAC order, or the
             log-probabilities of the Gumbel sampler.
         sampler: optional sampler overriding ``options.sampler`` (e.g. the learned Gumbel sampler).
+        refinement_weights: optional weights of the final LM's correspondences (e.g. the consensus network's fit
+            head, :func:`mbp_cli.network.features.fit_weighting`): called with the (N,) bool mask of the
+            correspondences within the refinement margin of the RANSAC pose and their (M,) squared Sampson
+            distances in squared thresholds, returns (M,) non-negative weights multiplying their robust costs.
 
     Returns:
         An :class:`EssentialResult`; ``status == "no_model"`` when fewer than 5 correspondences are given or
@@ -239,7 +247,7 @@ def ransac_essential(
     """
     # Inference only: no autograd bookkeeping on the many small ops of the loop (a measurable share of its time).
     with torch.inference_mode():
-        return _ransac(x0, x1, threshold, options, quality, sampler)
+        return _ransac(x0, x1, threshold, options, quality, sampler, refinement_weights)
 
 
 def _ransac(
@@ -249,6 +257,7 @@ def _ransac(
     options: RansacOptions,
     quality: torch.Tensor | None,
     sampler: Sampler | None,
+    refinement_weights: RefinementWeights | None = None,
 ) -> EssentialResult:
     timer = _Timer()
     N = int(x0.shape[0])
@@ -329,8 +338,12 @@ def _ransac(
     R, t = best_R, best_t
     if options.final_refinement:
         with timer("refinement"):
-            near = sampson_squared(essential_from_pose(R, t), x0, x1)[0] < thr2 * options.refine_margin**2
-            R_ref, t_ref, _ = refine_pose(R, t, x0[near], x1[near], threshold * options.refine_scale, options.refine)
+            r2_start = sampson_squared(essential_from_pose(R, t), x0, x1)[0] / thr2
+            near = r2_start < options.refine_margin**2
+            weights = None if refinement_weights is None else refinement_weights(near, r2_start[near]).to(x0)[None]
+            R_ref, t_ref, _ = refine_pose(
+                R, t, x0[near], x1[near], threshold * options.refine_scale, options.refine, weights
+            )
             r2_ref = sampson_squared(essential_from_pose(R_ref, t_ref), x0, x1)
             score_ref = float(robust_loss(options.scoring, r2_ref, threshold).sum())
             # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.

@@ -216,3 +216,72 @@ def refine_pose(
         if not bool(active.any()):
             break
     return frames[:, 0], frames[:, 1, :, 2], cost
+
+
+def _cayley(a: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) rotations by the Cayley map of ``[a / 2]x`` (differentiable everywhere)."""
+    A = skew(a * 0.5)
+    factor = 2.0 / (1.0 + (a * a).sum(-1) * 0.25)
+    return _EYE3.to(a) + factor[..., None, None] * (A + A @ A)
+
+
+def _local_pose(R: torch.Tensor, t: torch.Tensor, basis: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The pose moved by the 5-vector ``step`` (rotation by Cayley, translation in its tangent plane)."""
+    t_new = t + basis @ step[3:]
+    return R @ _cayley(step[:3]), t_new / t_new.norm()
+
+
+def refine_pose_implicit(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    scale: float,
+    point_weights: torch.Tensor,
+    options: RefineOptions = RefineOptions(),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted robust LM whose result carries the implicit-function-theorem derivative w.r.t. the weights.
+
+    The LM of :func:`refine_pose` runs without autograd to the optimum ``p*(w)`` of
+    ``C(p, w) = sum_n w_n rho(r_n(p)^2)``, where the gradient ``g(p, w) = dC/dp`` vanishes. The implicit function
+    theorem gives ``dp*/dw = -H^-1 dg/dw`` with the Hessian ``H = dg/dp`` at the optimum. This returns the optimum
+    moved by the Newton step ``delta(w) = -H^-1 g(p*, w)`` with ``H`` held constant: its value is ``p*`` (the step
+    is zero at a converged optimum) and its derivative is exactly the IFT's, so the weights can be trained
+    through the final fit with a loss on the refined pose (MinBackProp's idea applied to the LM instead of the
+    minimal solver). ``H`` is the exact Hessian of the robust cost (autograd in a local chart; at a critical
+    point it does not depend on the chart), not the Gauss-Newton matrix.
+
+    Args:
+        R: (3, 3) rotation to start from; t: (3,) translation.
+        x0, x1: (N, 2) normalized points.
+        scale: robust-loss scale in normalized units.
+        point_weights: (N,) non-negative weights, the tensor to differentiate with respect to.
+        options: the LM's options (``loss`` must be smooth: ``cauchy`` or ``huber``).
+
+    Returns:
+        R: (3, 3), t: (3,) unit, differentiable with respect to ``point_weights``.
+    """
+    if options.loss == "truncated":
+        raise ValueError("the truncated loss has no derivative at the threshold; use cauchy or huber")
+    with torch.no_grad():
+        R_opt, t_opt, _ = refine_pose(R[None], t[None], x0, x1, scale, options, point_weights.detach()[None])
+    R_opt, t_opt = R_opt[0].to(point_weights.device), t_opt[0].to(point_weights.device)
+    basis = tangent_basis(t_opt[None])[0]
+    design = epipolar_design(x0.to(R_opt), x1.to(R_opt))
+    weights = point_weights.to(R_opt.dtype)
+
+    def cost(step: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        R_s, t_s = _local_pose(R_opt, t_opt, basis, step)
+        r, _ = _linearize(R_s[None], t_s[None], tangent_basis(t_s[None]), design)
+        return (robust_cost_and_weights(r[:, 0] ** 2, scale, options.loss)[0] * w).sum()
+
+    zero = torch.zeros(5, dtype=R_opt.dtype, device=R_opt.device)
+    hessian = torch.autograd.functional.hessian(lambda s: cost(s, weights.detach()), zero)
+    # The Hessian is held constant: only the gradient carries the weights' derivative.
+    with torch.enable_grad():
+        step_var = zero.clone().requires_grad_(True)
+        gradient = torch.autograd.grad(cost(step_var, weights), step_var, create_graph=True)[0]
+    eye = torch.eye(5, dtype=R_opt.dtype, device=R_opt.device)
+    damping = 1e-12 * hessian.diagonal().abs().max().clamp_min(1e-30)
+    step = -torch.linalg.solve(hessian + damping * eye, gradient)
+    return _local_pose(R_opt, t_opt, basis, step)

@@ -193,7 +193,7 @@ def pose_metrics(
     }
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
+def atomic_torch_save(obj: object, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"step {step}/{args.steps}  {line}  {time.perf_counter() - start:.0f} s", flush=True)
             running = {}
         if step % args.checkpoint_every == 0 or step == args.steps:
-            _atomic_torch_save(
+            atomic_torch_save(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),

@@ -13,6 +13,7 @@ from mbp_cli.robust.refine import (
     RefineOptions,
     epipolar_design,
     refine_pose,
+    refine_pose_implicit,
     robust_cost_and_weights,
     sampson_residuals_and_jacobian,
 )
@@ -92,3 +93,42 @@ def test_robust_weights_are_derivative_of_cost():
         assert torch.allclose(w, numeric, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown loss"):
         robust_cost_and_weights(r2, 1.0, "l7")
+
+
+@pytest.mark.parametrize("loss", ["cauchy", "huber"])
+def test_implicit_refinement_gradient_matches_finite_differences_of_the_converged_lm(loss):
+    """The IFT derivative of the weighted LM optimum w.r.t. the point weights equals re-running the LM."""
+    scene = make_scene(num_points=80, noise_px=1.0, outlier_ratio=0.1, seed=3)
+    R0, t0 = _perturbed(scene, rot=0.004, trans=0.01)
+    scale = 1.0 / scene.focal
+    tight = RefineOptions(max_iterations=200, loss=loss, gradient_tol=0.0, step_tol=0.0, cost_tol=0.0)
+    weights = torch.linspace(0.2, 1.0, 80, dtype=torch.float64)
+    direction = torch.randn(12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def objective(R, t):
+        return (torch.cat([R.flatten(), t]) * direction).sum()
+
+    w = weights.clone().requires_grad_(True)
+    R, t = refine_pose_implicit(R0, t0, scene.x0, scene.x1, scale, w, tight)
+    R_ref, t_ref, _ = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, weights[None])
+    assert torch.allclose(R.detach(), R_ref[0], atol=1e-10) and torch.allclose(t.detach(), t_ref[0], atol=1e-10)
+    (gradient,) = torch.autograd.grad(objective(R, t), w)
+    # The LM locates an optimum only to ~sqrt(machine epsilon) (a flat cost), so the differences need a step this
+    # large; the central difference's O(h^2) error is then far below the tolerance.
+    h = 1e-2
+    largest = float(gradient.abs().max())
+    for i in (0, 7, 33, 79):
+        bump = torch.zeros_like(weights)
+        bump[i] = h
+        plus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights + bump)[None])
+        minus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights - bump)[None])
+        numeric = (objective(plus[0][0], plus[1][0]) - objective(minus[0][0], minus[1][0])) / (2 * h)
+        assert abs(float(gradient[i]) - float(numeric)) < 1e-3 * largest, (i, gradient[i], numeric)
+
+
+def test_implicit_refinement_rejects_the_truncated_loss():
+    scene = make_scene(num_points=20)
+    with pytest.raises(ValueError, match="truncated"):
+        refine_pose_implicit(
+            scene.R, scene.t, scene.x0, scene.x1, 1e-3, torch.ones(20), RefineOptions(loss="truncated")
+        )
