@@ -27,7 +27,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from mbp_cli.errors import WeightsError
-from mbp_cli.io.output import atomic_write_bytes
+from mbp_cli.io.output import atomic_write_bytes, atomic_write_text
 from mbp_cli.network.config import NetworkConfig
 from mbp_cli.network.consensus import ConsensusNetwork
 
@@ -98,6 +98,14 @@ def save_weights(model: ConsensusNetwork, path: str | os.PathLike[str], extra: d
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=metadata))
     return file_sha256(path)
+
+
+def write_model_card(out: str | os.PathLike[str], name: str, card: dict[str, Any]) -> Path:
+    """Write ``<out>/models/<name>.json`` atomically (a training recipe's last step, next to its weights file)."""
+    path = Path(out) / "models" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    return path
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

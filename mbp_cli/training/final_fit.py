@@ -41,12 +41,11 @@ import torch
 
 from mbp_cli.data.matches import PairMatches, load_scene_matches, scene_dirs
 from mbp_cli.geometry.essential import essential_from_pose, sampson_squared
-from mbp_cli.io.output import atomic_write_text
 from mbp_cli.metrics import pose_auc
 from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
 from mbp_cli.network.fit_head import FitHead, fit_feature_names, fit_features
-from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights
+from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 from mbp_cli.robust.refine import refine_pose, refine_pose_implicit
 from mbp_cli.training.init import atomic_torch_save
@@ -318,9 +317,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     )
     card.pop("selection", None)
-    card_path = args.out / "models" / f"{args.name}.json"
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(card_path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    card_path = write_model_card(args.out, args.name, card)
     print(f"wrote {weights_path} ({file_sha256(weights_path)[:12]}) and {card_path}")
 
 

@@ -42,12 +42,12 @@ import numpy as np
 import torch
 
 from mbp_cli.data.matches import PairMatches, load_scene_matches, scene_dirs
-from mbp_cli.io.output import atomic_write_bytes, atomic_write_text
+from mbp_cli.io.output import atomic_write_bytes
 from mbp_cli.metrics import pose_auc, pose_error_deg
 from mbp_cli.network.config import NetworkConfig
 from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
-from mbp_cli.network.weights import file_sha256, save_weights
+from mbp_cli.network.weights import file_sha256, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 from mbp_cli.training.targets import bce_loss, gt_inlier_labels, gt_residuals, kl_loss, kl_target
 
@@ -405,9 +405,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         ),
         "validation": metrics,
     }
-    card_path = args.out / "models" / f"{args.name}.json"
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(card_path, json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+    card_path = write_model_card(args.out, args.name, card)
     print(f"wrote {weights_path} ({file_sha256(weights_path)[:12]}) and {card_path}")
 
 
