@@ -134,7 +134,7 @@ def robust_cost_and_weights(r2: torch.Tensor, scale: float, loss: str) -> tuple[
 
 # Floor of the Cauchy curvature factor in :func:`normal_weights`: keeps the normal equations positive definite when
 # most residuals lie beyond the scale.
-_MIN_CURVATURE = 0.2
+MIN_CURVATURE = 0.2
 # Relative cost decrease of an accepted step below which refine_pose switches to the curvature-corrected normal matrix.
 NEWTON_SWITCH = 1e-2
 
@@ -153,7 +153,7 @@ def normal_weights(r2: torch.Tensor, scale: float, loss: str, weights: torch.Ten
     if loss != "cauchy":
         return weights
     u = r2 / (scale * scale)
-    return weights * ((1.0 - u) / (1.0 + u)).clamp_min(_MIN_CURVATURE)
+    return weights * ((1.0 - u) / (1.0 + u)).clamp_min(MIN_CURVATURE)
 
 
 def _frame_update(step: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,10 @@ from mbp_cli.geometry.essential import (
 )
 from mbp_cli.geometry.rotation import so3_exp
 from mbp_cli.robust.refine import (
+    MIN_CURVATURE,
     RefineOptions,
     epipolar_design,
+    normal_weights,
     refine_pose,
     refine_pose_implicit,
     robust_cost_and_weights,
@@ -132,3 +134,24 @@ def test_implicit_refinement_rejects_the_truncated_loss():
         refine_pose_implicit(
             scene.R, scene.t, scene.x0, scene.x1, 1e-3, torch.ones(20), RefineOptions(loss="truncated")
         )
+
+
+def test_cauchy_normal_weights_are_the_cost_curvature_floored_where_it_turns_concave():
+    """normal_weights gives d²rho(r²)/dr² / 2 (the Hessian's weight of a residual) where it is not floored."""
+    scale = 0.7
+    r = torch.linspace(0.01, 3.0, 50, dtype=torch.float64)
+    _, irls = robust_cost_and_weights(r * r, scale, "cauchy")
+    weights = normal_weights(r * r, scale, "cauchy", irls)
+    curvature = torch.stack(
+        [
+            torch.autograd.functional.hessian(lambda x: robust_cost_and_weights(x * x, scale, "cauchy")[0], v) / 2
+            for v in r
+        ]
+    )
+    floored = curvature < MIN_CURVATURE * irls
+    assert bool(floored.any()) and bool((~floored).any())
+    assert torch.allclose(weights[~floored], curvature[~floored])
+    assert torch.allclose(weights[floored], MIN_CURVATURE * irls[floored])
+    for loss in ("huber", "truncated"):
+        w = robust_cost_and_weights(r * r, scale, loss)[1]
+        assert torch.equal(normal_weights(r * r, scale, loss, w), w)
