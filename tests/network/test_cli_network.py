@@ -91,3 +91,27 @@ def test_bad_network_options_fail_with_one_line(tmp_path, args, code, message):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in result.stderr.replace("\n", " ")
+
+
+def test_a_model_with_a_fit_head_weighs_the_final_fit(tmp_path):
+    """`--weights` with a fit head: an untrained head (equal weights) gives the base model's estimate exactly, a
+    trained one moves the final fit (and stays accurate)."""
+    from dataclasses import replace
+
+    import torch
+
+    from mbp_cli.network.consensus import ConsensusNetwork
+    from mbp_cli.network.weights import load_model, save_weights
+
+    base = load_model(DEFAULT_MODEL)
+    with_head = ConsensusNetwork(replace(base.config, fit_head_width=8))
+    with_head.load_state_dict(base.state_dict(), strict=False)
+    save_weights(with_head, tmp_path / "untrained.safetensors")
+    torch.nn.init.normal_(with_head.fit_head.layers[-1].weight, std=1.0, generator=torch.Generator().manual_seed(0))
+    save_weights(with_head, tmp_path / "trained.safetensors")
+    plain = json.loads(_run().stdout)
+    untrained = json.loads(_run("--weights", str(tmp_path / "untrained.safetensors")).stdout)
+    trained = json.loads(_run("--weights", str(tmp_path / "trained.safetensors")).stdout)
+    assert np.allclose(untrained["R"], plain["R"], atol=1e-12) and untrained["inliers"] == plain["inliers"]
+    assert not np.allclose(trained["R"], plain["R"], atol=1e-9)
+    _check_pose(trained)
