@@ -31,10 +31,10 @@ from mbp_cli.robust.samplers import GumbelSampler, ProsacSampler, Sampler, Unifo
 from mbp_cli.robust.scoring import msac_loss, robust_loss
 
 SAMPLERS = ("prosac", "uniform", "gumbel")
-# (N,) bool mask of the correspondences the final LM fits, (M,) their squared residuals in thresholds -> (M,) weights
-RefinementWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SCORINGS = ("magsac", "msac")
 STATUSES = ("ok", "no_model", "degenerate")
+# (N,) bool mask of the correspondences the final LM fits, (M,) their squared residuals in thresholds -> (M,) weights
+RefinementWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
