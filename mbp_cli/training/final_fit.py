@@ -29,9 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -48,7 +45,7 @@ from mbp_cli.network.fit_head import FitHead, fit_feature_names, fit_features
 from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 from mbp_cli.robust.refine import refine_pose, refine_pose_implicit
-from mbp_cli.training.init import atomic_torch_save
+from mbp_cli.training.init import atomic_torch_save, start_recipe
 
 
 @dataclass
@@ -181,10 +178,7 @@ def _prepare_all(
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m mbp_cli.training.final_fit " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    command, rng = start_recipe("mbp_cli.training.final_fit", argv, args.threads, args.seed)
     train_names, val_names = args.train.split(","), [s for s in args.val.split(",") if s]
     if set(train_names) & set(val_names):
         raise SystemExit("a scene cannot be in both --train and --val")

@@ -200,6 +200,14 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def start_recipe(module: str, argv: Sequence[str] | None, threads: int, seed: int) -> tuple[str, random.Random]:
+    """A training recipe's reproducible start: its command line as run, torch's threads and seed, a seeded RNG."""
+    command = f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    return command, random.Random(seed)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes-root", type=Path, required=True)
@@ -236,10 +244,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    command = "python -m mbp_cli.training.init " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    command, rng = start_recipe("mbp_cli.training.init", argv, args.threads, args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     blocks = {}
     if args.blocks:
