@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mbp_cli.geometry.essential import homogeneous, tangent_basis
+from mbp_cli.geometry.essential import essential_from_pose, homogeneous, sampson_squared, tangent_basis
 from mbp_cli.geometry.rotation import skew
 
 LOSSES = ("cauchy", "truncated", "huber")
@@ -135,8 +135,6 @@ def robust_cost_and_weights(r2: torch.Tensor, scale: float, loss: str) -> tuple[
 # Floor of the Cauchy curvature factor in :func:`normal_weights`: keeps the normal equations positive definite when
 # most residuals lie beyond the scale.
 MIN_CURVATURE = 0.2
-# Relative cost decrease of an accepted step below which refine_pose switches to the curvature-corrected normal matrix.
-NEWTON_SWITCH = 1e-2
 
 
 def normal_weights(r2: torch.Tensor, scale: float, loss: str, weights: torch.Tensor) -> torch.Tensor:
@@ -147,13 +145,20 @@ def normal_weights(r2: torch.Tensor, scale: float, loss: str, weights: torch.Ten
     over-weights the residuals near the scale and makes the LM converge only linearly (26 evaluations to a 1e-6
     relative cost change on a KITTI pair at half a pixel, against 17 with it, to a lower final cost; 10 pairs: 126
     evaluations against 74). The factor is floored where the loss turns concave (``u > 1``), and
-    :func:`refine_pose` only uses it near the optimum. Huber and truncated losses have ``rho'' = 0`` where they
+    :func:`refine_pose` only uses it once a step has been accepted. Huber and truncated losses have ``rho'' = 0`` where they
     weigh anything, so their IRLS weights are already the Hessian's.
     """
     if loss != "cauchy":
         return weights
     u = r2 / (scale * scale)
     return weights * ((1.0 - u) / (1.0 + u)).clamp_min(MIN_CURVATURE)
+
+
+def _cayley(a: torch.Tensor) -> torch.Tensor:
+    """(..., 3) -> (..., 3, 3) rotations by the Cayley map of ``[a / 2]x`` (differentiable everywhere)."""
+    A = skew(a * 0.5)
+    factor = 2.0 / (1.0 + (a * a).sum(-1) * 0.25)
+    return _EYE3.to(a) + factor[..., None, None] * (A + A @ A)
 
 
 def _frame_update(step: torch.Tensor) -> torch.Tensor:
@@ -165,10 +170,7 @@ def _frame_update(step: torch.Tensor) -> torch.Tensor:
     ``A = [w / 2]x`` has the exponential map's derivative at 0, so the LM is the same, but takes a tenth of
     Rodrigues' small-tensor operations (the refinement loop is bound by per-operation overhead).
     """
-    a = (step @ _STEP_TO_AXES.to(step)).view(-1, 2, 3) * 0.5
-    A = skew(a)
-    factor = 2.0 / (1.0 + (a * a).sum(-1))
-    return (A + A @ A).mul_(factor[..., None, None]).add_(_EYE3.to(step))
+    return _cayley((step @ _STEP_TO_AXES.to(step)).view(-1, 2, 3))
 
 
 def refine_pose(
@@ -214,9 +216,9 @@ def refine_pose(
     r, J, w, cost = evaluate(frames)
     lam = torch.full((H,), options.initial_lambda, dtype=R.dtype, device=R.device)
     active = torch.ones(H, dtype=torch.bool, device=R.device)
-    # Far from the optimum the IRLS normal matrix takes safe steps; the curvature-corrected one (normal_weights)
-    # converges fast near it but overshoots from far starts where most residuals lie beyond the scale. Switch per
-    # pose once an accepted step lowers the cost by less than NEWTON_SWITCH.
+    # From a far start the IRLS normal matrix takes the safer first step; the curvature-corrected one (normal_weights)
+    # converges faster near the optimum but overshoots where most residuals lie beyond the scale. Each pose switches
+    # to it after its first accepted step.
     newton = torch.zeros(H, dtype=torch.bool, device=R.device)
     for _ in range(options.max_iterations):
         # The linearisation at the current point is reused from the last accepted evaluation.
@@ -244,19 +246,12 @@ def refine_pose(
             J = torch.where(better[:, None], J_new, J)
             w = torch.where(better, w_new, w)
             cost = torch.where(better, cost_new, cost)
-        newton = newton | (better & (cost - cost_new <= NEWTON_SWITCH * cost))
+        newton = newton | better
         lam = torch.where(better, lam * 0.1, lam * 10.0).clamp_(1e-10, 1e10)
         active = active & ~converged & (step.norm(dim=-1) > options.step_tol)
         if not bool(active.any()):
             break
     return frames[:, 0], frames[:, 1, :, 2], cost
-
-
-def _cayley(a: torch.Tensor) -> torch.Tensor:
-    """(..., 3) -> (..., 3, 3) rotations by the Cayley map of ``[a / 2]x`` (differentiable everywhere)."""
-    A = skew(a * 0.5)
-    factor = 2.0 / (1.0 + (a * a).sum(-1) * 0.25)
-    return _EYE3.to(a) + factor[..., None, None] * (A + A @ A)
 
 
 def _local_pose(R: torch.Tensor, t: torch.Tensor, basis: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -301,13 +296,13 @@ def refine_pose_implicit(
         R_opt, t_opt, _ = refine_pose(R[None], t[None], x0, x1, scale, options, point_weights.detach()[None])
     R_opt, t_opt = R_opt[0].to(point_weights.device), t_opt[0].to(point_weights.device)
     basis = tangent_basis(t_opt[None])[0]
-    design = epipolar_design(x0.to(R_opt), x1.to(R_opt))
+    x0, x1 = x0.to(R_opt), x1.to(R_opt)
     weights = point_weights.to(R_opt.dtype)
 
     def cost(step: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         R_s, t_s = _local_pose(R_opt, t_opt, basis, step)
-        r, _ = _linearize(R_s[None], t_s[None], tangent_basis(t_s[None]), design)
-        return (robust_cost_and_weights(r[:, 0] ** 2, scale, options.loss)[0] * w).sum()
+        r2 = sampson_squared(essential_from_pose(R_s[None], t_s[None]), x0, x1)[0]
+        return (robust_cost_and_weights(r2, scale, options.loss)[0] * w).sum()
 
     zero = torch.zeros(5, dtype=R_opt.dtype, device=R_opt.device)
     hessian = torch.autograd.functional.hessian(lambda s: cost(s, weights.detach()), zero)
