@@ -37,7 +37,13 @@ from pathlib import Path
 import torch
 
 from mbp_cli.data.matches import PairMatches, load_scene_matches, scene_dirs
-from mbp_cli.geometry.essential import essential_from_pose, sampson_squared
+from mbp_cli.errors import WeightsError
+from mbp_cli.geometry.essential import (
+    essential_from_pose,
+    rotation_error_deg,
+    sampson_squared,
+    translation_error_deg,
+)
 from mbp_cli.metrics import pose_auc
 from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
@@ -66,10 +72,8 @@ class FitPair:
 
 
 def angular_errors_deg(R: torch.Tensor, t: torch.Tensor, R_gt: torch.Tensor, t_gt: torch.Tensor) -> torch.Tensor:
-    """Rotation and translation-direction errors in degrees (differentiable; t up to sign), shape (2,)."""
-    cos_r = (((R_gt.T @ R).diagonal().sum() - 1.0) / 2.0).clamp(-1.0 + 1e-12, 1.0 - 1e-12)
-    cos_t = ((t @ t_gt) / (t.norm() * t_gt.norm())).abs().clamp(max=1.0 - 1e-12)
-    return torch.rad2deg(torch.stack([torch.acos(cos_r), torch.acos(cos_t)]))
+    """Rotation and (unsigned) translation-direction errors in degrees, differentiable, shape (2,)."""
+    return torch.stack([rotation_error_deg(R, R_gt), translation_error_deg(t, t_gt)])
 
 
 def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options: RansacOptions) -> FitPair | None:
@@ -150,9 +154,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _load_base(base: str) -> tuple[ConsensusNetwork, dict | None]:
-    if base.endswith(".safetensors"):
-        return load_weights(base), None
-    return load_model(base), model_card(base)
+    try:
+        if base.endswith(".safetensors"):
+            return load_weights(base), None
+        return load_model(base), model_card(base)
+    except WeightsError as exc:
+        raise SystemExit(f"--base: {exc}") from None
 
 
 def _prepare_all(

@@ -46,3 +46,10 @@ def test_final_fit_recipe_rejects_bad_ratios_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="Lowe ratios"):
         final_fit.main([*argv, "--ratios", "0.8,1.5", "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
     assert not any(tmp_path.iterdir())
+
+
+def test_final_fit_recipe_names_a_missing_base_model_in_one_line(tmp_path):
+    argv = ["--scenes-root", str(SCENES), "--train", "kermit", "--base", "no-such-model", "--name", "x"]
+    with pytest.raises(SystemExit, match="--base: no shipped model named 'no-such-model'"):
+        final_fit.main([*argv, "--out", str(tmp_path), "--runs", str(tmp_path / "runs")])
+    assert not any(tmp_path.iterdir())
