@@ -5,8 +5,8 @@ other tables report on. Every pair is estimated once per variant with the networ
 1 px unless a variant says otherwise); the time is the median per pair, one thread, network included.
 
 A variant is ``name`` (the defaults) or ``key=value[,key=value...]`` with keys of ``RansacOptions`` (ints, floats
-and booleans are parsed; ``sampler=uniform`` drops the network's guidance and its time). Variants are separated by
-``;``.
+and booleans are parsed; ``sampler=uniform`` drops the network's guidance and its time) or ``refine.<key>`` for the
+final LM's ``RefineOptions`` (e.g. ``refine.cost_tol=1e-4``). Variants are separated by ``;``.
 
 Usage::
 
@@ -37,6 +37,7 @@ from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunk
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
 from mbp_cli.robust.ransac import RansacOptions  # noqa: E402
+from mbp_cli.robust.refine import RefineOptions  # noqa: E402
 
 
 def parse_variant(text: str) -> dict:
@@ -45,10 +46,16 @@ def parse_variant(text: str) -> dict:
     if text == "default":
         return {}
     fields = {f.name: f for f in dataclasses.fields(RansacOptions)}
-    overrides = {}
+    refine_fields = {f.name for f in dataclasses.fields(RefineOptions)}
+    overrides: dict = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
         key = key.strip()
+        if key.startswith("refine.") and key[7:] in refine_fields and value:
+            default = getattr(RefineOptions(), key[7:])
+            refine = overrides.get("refine", RefineOptions())
+            overrides["refine"] = dataclasses.replace(refine, **{key[7:]: type(default)(value.strip())})
+            continue
         if key not in fields or not value:
             raise SystemExit(f"bad variant item {item!r}: use key=value with a RansacOptions field")
         default = getattr(RansacOptions(), key)

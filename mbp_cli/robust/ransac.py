@@ -94,6 +94,7 @@ class RansacOptions:
     scoring: str = "magsac"
     local_optimization: bool = True
     lo_iterations: int = 10
+    lo_cost_tol: float = 1e-6
     final_refinement: bool = True
     refine_margin: float = 3.0
     refine: RefineOptions = field(default_factory=RefineOptions)
@@ -313,7 +314,7 @@ def _ransac(
             R, t, _ = pose_from_essential(E[top], x0, x1, weights=inl.double())
             if options.local_optimization:
                 lo_runs += int(top.numel())
-                lo = RefineOptions(max_iterations=options.lo_iterations, loss="truncated")
+                lo = RefineOptions(max_iterations=options.lo_iterations, loss="truncated", cost_tol=options.lo_cost_tol)
                 near = (r2[top] < thr2 * options.refine_margin**2).any(0)
                 R_lo, t_lo, _ = refine_pose(R, t, x0[near], x1[near], threshold, lo)
                 R, t = torch.cat([R, R_lo]), torch.cat([t, t_lo])

@@ -72,30 +72,30 @@ def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return P.reshape(5, N, 9)
 
 
-def _linearize(
-    R: torch.Tensor, t: torch.Tensor, basis: torch.Tensor, design: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _linearize(frames: torch.Tensor, design: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed Sampson residuals (N, H) and their Jacobian (N, H, 5) from **one** matrix product.
 
-    ``E = [t]x R`` and its five derivatives (``E [e_k]x`` for the rotation, ``[b_j]x R`` for the translation) are
-    stacked as (H, 6, 9) and mapped by the design tensor at once; the residual ``r = V0 / sqrt(D)`` with
-    ``D = V1² + V2² + V3² + V4²`` then has ``dr = dV0 / sqrt(D) − r / D · Σ_c V_c dV_c``.
+    ``frames`` (H, 2, 3, 3) holds R and the translation frame ``T = [b1, b2, t]``. ``E = [t]x R`` and its five
+    derivatives (``E [e_k]x`` for the rotation, ``[b_j]x R`` for the translation) are stacked as (H, 6, 9) and
+    mapped by the design tensor at once; the residual ``r = V0 / sqrt(D)`` with ``D = V1² + V2² + V3² + V4²`` then
+    has ``dr = (dV0 − V0 / D · Σ_c V_c dV_c) / sqrt(D)``, where ``Σ_c V_c V_c = D`` comes out of the same sum. The
+    loop of :func:`refine_pose` is bound by per-operation overhead, so this counts operations, not flops.
     """
-    H = R.shape[0]
+    H = frames.shape[0]
     _, N, _ = design.shape
-    E = torch.linalg.cross(t[:, :, None].expand_as(R), R, dim=1)  # column j: t x R_j
-    dE_rot = E[:, None] @ _ROTATION_GENERATORS.to(E)  # (H, 3, 3, 3)
-    dE_trans = torch.linalg.cross(
-        basis.transpose(1, 2)[:, :, :, None].expand(H, 2, 3, 3), R[:, None].expand(H, 2, 3, 3), dim=2
-    )
-    stacked = torch.cat([E[:, None], dE_rot, dE_trans], 1).reshape(H * 6, 9)
+    R, T = frames[:, 0], frames[:, 1]
+    # [v]x R for the three columns v = b1, b2, t of T, column by column: (H, 3 [v], 3, 3)
+    vxR = torch.linalg.cross(T.transpose(1, 2)[..., None].expand(H, 3, 3, 3), R[:, None].expand(H, 3, 3, 3), dim=2)
+    dE_rot = vxR[:, 2:] @ _ROTATION_GENERATORS.to(R)  # (H, 3, 3, 3): E [e_k]x
+    stacked = torch.cat([vxR[:, 2:], dE_rot, vxR[:, :2]], 1).reshape(H * 6, 9)
     phi = (design.reshape(5 * N, 9) @ stacked.T).view(5, N, H, 6)
-    V, dV = phi[..., 0], phi[..., 1:]
-    D = (V[1:] * V[1:]).sum(0).clamp_min_(1e-30)
+    VdV = (phi[1:, ..., :1] * phi[1:]).sum(0)  # (N, H, 6): Σ_c V_c (V_c, dV_c)
+    D = VdV[..., :1].clamp_min(1e-30)
     inv_sqrt_D = D.rsqrt()
-    r = V[0] * inv_sqrt_D
-    J = dV[0] * inv_sqrt_D[..., None] - (r / D)[..., None] * (V[1:, ..., None] * dV[1:]).sum(0)
-    return r, J
+    V0 = phi[0, ..., :1]
+    r = V0 * inv_sqrt_D
+    J = (phi[0, ..., 1:] - (V0 / D) * VdV[..., 1:]) * inv_sqrt_D
+    return r[..., 0], J
 
 
 def sampson_residuals_and_jacobian(
@@ -112,7 +112,8 @@ def sampson_residuals_and_jacobian(
         rotation is updated as ``R exp([w]x)`` and the translation as ``t + b1 u1 + b2 u2`` (then normalised) in
         the tangent basis of :func:`~mbp_cli.geometry.essential.tangent_basis`.
     """
-    r, J = _linearize(R, t, tangent_basis(t), design)
+    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
+    r, J = _linearize(frames, design)
     return r.T, J.transpose(0, 1)
 
 
@@ -198,57 +199,59 @@ def refine_pose(
     """
     t = t / t.norm(dim=-1, keepdim=True)
     H = R.shape[0]
-    pw = torch.ones(x0.shape[0], H, dtype=R.dtype, device=R.device) if point_weights is None else point_weights.T
-    pw = pw.expand(x0.shape[0], H).to(R.dtype)
+    pw = None if point_weights is None else point_weights.to(R.dtype).expand(H, x0.shape[0]).T  # (N, H)
     design = epipolar_design(x0, x1)
-    basis = tangent_basis(t)
     # frames[:, 0] = R, frames[:, 1] = T = [b1, b2, t]: both updated by one batched product per step.
-    frames = torch.stack([R, torch.cat([basis, t[:, :, None]], 2)], 1)
+    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
 
     def evaluate(frames_: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        r, J = _linearize(frames_[:, 0], frames_[:, 1, :, 2], frames_[:, 1, :, :2], design)
+        r, J = _linearize(frames_, design)
         r2 = r * r
         rho, w = robust_cost_and_weights(r2, scale, options.loss)
-        w = w * pw
+        if pw is not None:
+            rho, w = rho * pw, w * pw
         # (2, N, H): the gradient's IRLS weights and the normal matrix's curvature-corrected ones
-        return r, J, torch.stack([w, normal_weights(r2, scale, options.loss, w)]), (rho * pw).sum(0)
+        return r, J, torch.stack([w, normal_weights(r2, scale, options.loss, w)]), rho.sum(0)
 
     r, J, w, cost = evaluate(frames)
     lam = torch.full((H,), options.initial_lambda, dtype=R.dtype, device=R.device)
     active = torch.ones(H, dtype=torch.bool, device=R.device)
     # From a far start the IRLS normal matrix takes the safer first step; the curvature-corrected one (normal_weights)
     # converges faster near the optimum but overshoots where most residuals lie beyond the scale. Each pose switches
-    # to it after its first accepted step.
-    newton = torch.zeros(H, dtype=torch.bool, device=R.device)
+    # to it after its first accepted step. `newton` is tracked as a tensor only while the poses disagree.
+    newton: bool | torch.Tensor = False
     for _ in range(options.max_iterations):
-        # The linearisation at the current point is reused from the last accepted evaluation.
-        Jw = (J * w[0, ..., None]).permute(1, 2, 0)  # (H, 5, N)
-        A = (J * torch.where(newton, w[1], w[0])[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)  # (H, 5, 5)
-        g = Jw @ r.T.unsqueeze(-1)  # (H, 5, 1)
-        active = active & (g.abs().amax((1, 2)) > options.gradient_tol)
+        # The linearisation at the current point is reused from the last accepted evaluation. One batched product
+        # gives the normal matrix A (rows 0-4) and minus the gradient (row 5): [J w_A | -r w_g]^T J.
+        w_A = w[1] if newton is True else w[0] if newton is False else torch.where(newton, w[1], w[0])
+        K = torch.cat([J * w_A[..., None], (r * w[0]).neg_()[..., None]], -1)  # (N, H, 6)
+        M = K.permute(1, 2, 0) @ J.transpose(0, 1)  # (H, 6, 5)
+        A, minus_g = M[:, :5], M[:, 5:].transpose(1, 2)
+        active = active & (minus_g.abs().amax((1, 2)) > options.gradient_tol)
         if not bool(active.any()):
             break
         diagonal = A.diagonal(dim1=-2, dim2=-1)
-        damped = A + torch.diag_embed(diagonal.clamp_min(1e-12) * lam[:, None])
-        step = torch.linalg.solve_ex(damped, g)[0].squeeze(-1).neg_().nan_to_num_(0.0, 0.0, 0.0)
+        diagonal.add_(diagonal.clamp_min(1e-12) * lam[:, None])
+        step = torch.linalg.solve_ex(A, minus_g)[0].squeeze(-1).nan_to_num_(0.0, 0.0, 0.0)
         frames_new = frames @ _frame_update(step)
         r_new, J_new, w_new, cost_new = evaluate(frames_new)
         better = active & (cost_new < cost)
         # A rejected step that would change the cost by less than the tolerance also ends the search: near the
         # optimum rounding makes such steps fail, and raising the damping until the step vanishes only costs time.
-        converged = active & ((cost - cost_new).abs() <= options.cost_tol * cost)
+        done = ((cost - cost_new).abs() <= options.cost_tol * cost) | (step.norm(dim=-1) <= options.step_tol)
         # Most steps are accepted or rejected for every pose at once (always with one pose): no blending then.
         if bool(better.all()):
             frames, r, J, w, cost = frames_new, r_new, J_new, w_new, cost_new
+            newton = True
         elif bool(better.any()):
             frames = torch.where(better[:, None, None, None], frames_new, frames)
             r = torch.where(better, r_new, r)
             J = torch.where(better[:, None], J_new, J)
             w = torch.where(better, w_new, w)
             cost = torch.where(better, cost_new, cost)
-        newton = newton | better
-        lam = torch.where(better, lam * 0.1, lam * 10.0).clamp_(1e-10, 1e10)
-        active = active & ~converged & (step.norm(dim=-1) > options.step_tol)
+            newton = better if newton is False else True if newton is True else newton | better
+        lam = (lam * torch.where(better, 0.1, 10.0)).clamp_(1e-10, 1e10)
+        active = active & ~done
         if not bool(active.any()):
             break
     return frames[:, 0], frames[:, 1, :, 2], cost
