@@ -160,7 +160,11 @@ def triangulated_depths(
 
 
 def pose_from_essential(
-    E: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, weights: torch.Tensor | None = None
+    E: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    max_voters: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Choose, for each E, the (R, t) factorisation that puts most points in front of both cameras.
 
@@ -168,10 +172,20 @@ def pose_from_essential(
         E: (H, 3, 3) essential matrices.
         x0, x1: (N, 2) normalized points (typically the inliers of E).
         weights: optional (H, N) weights (e.g. an inlier mask) of the points that vote.
+        max_voters: optional cap on the voting points, taken evenly spread among those with a positive weight.
+            The right factorisation has (nearly) every inlier in front and the other three about half or none,
+            so a hundred voters decide as well as a thousand, at a fraction of the triangulations.
 
     Returns:
-        R: (H, 3, 3), t: (H, 3) with ``||t|| = 1``, and the (weighted) number of points in front (H,).
+        R: (H, 3, 3), t: (H, 3) with ``||t|| = 1``, and the (weighted) number of voters in front (H,).
     """
+    if max_voters is not None and x0.shape[0] > max_voters:
+        voting = torch.ones_like(x0[:, 0], dtype=torch.bool) if weights is None else (weights > 0).any(0)
+        index = voting.nonzero().squeeze(1)
+        if index.numel() > max_voters:
+            index = index[torch.linspace(0, index.numel() - 1, max_voters, device=index.device).long()]
+        x0, x1 = x0[index], x1[index]
+        weights = None if weights is None else weights[:, index]
     Rc, tc = decompose_essential(E)  # (H, 4, 3, 3), (H, 4, 3)
     d0, d1 = triangulated_depths(Rc, tc, x0, x1)  # (H, 4, N)
     front = ((d0 > 0) & (d1 > 0)).to(E.dtype)

@@ -79,6 +79,20 @@ def test_decomposition_contains_true_pose_and_cheirality_picks_it():
         assert votes.item() == 400
 
 
+def test_capped_voters_pick_the_same_pose_and_only_weighted_points_vote():
+    """max_voters keeps evenly spread points that have a weight; the pose is the one every point votes for."""
+    scene = make_scene()
+    E = essential_from_pose(scene.R, scene.t)[None]
+    mask = torch.zeros(1, 400, dtype=torch.float64)
+    mask[0, ::4] = 1.0
+    R, t, votes = pose_from_essential(E, scene.x0, scene.x1, weights=mask, max_voters=50)
+    assert rotation_error_deg(R[0], scene.R) < 1e-6
+    assert torch.allclose(t[0], scene.t, atol=1e-9)
+    assert votes.item() == 50  # 50 voters, every one weighted (an unweighted voter would add nothing)
+    R_all, t_all, votes_all = pose_from_essential(E, scene.x0, scene.x1, max_voters=1000)
+    assert torch.equal(R_all, R) and torch.equal(t_all, t) and votes_all.item() == 400
+
+
 def test_triangulated_depths_exact():
     scene = make_scene(num_points=30)
     d0, d1 = triangulated_depths(scene.R, scene.t, scene.x0, scene.x1)
