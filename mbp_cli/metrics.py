@@ -53,6 +53,50 @@ def pose_auc(errors: Sequence[float] | np.ndarray, thresholds: Sequence[float] =
     return aucs
 
 
+def paired_auc_difference(
+    errors_a: Sequence[Sequence[float]] | np.ndarray,
+    errors_b: Sequence[Sequence[float]] | np.ndarray,
+    thresholds: Sequence[float] = (5.0, 10.0, 20.0),
+    resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> list[tuple[float, float, float]]:
+    """AUC of method a minus AUC of method b on the same pairs, with a paired bootstrap confidence interval.
+
+    Each method may have several runs of the same pairs (e.g. RANSAC seeds): its AUC is the mean of its runs' AUCs.
+    The pairs are resampled with replacement, the same draw for both methods and for every run, so the interval
+    covers the choice of pairs (and, through the runs, part of the seed spread); it does not cover other scenes.
+
+    Args:
+        errors_a: (runs_a, P) pose errors in degrees of method a on P pairs (a 1-D sequence is one run).
+        errors_b: (runs_b, P) errors of method b on the same P pairs, in the same order.
+        thresholds: AUC thresholds in degrees.
+        resamples: bootstrap draws.
+        level: two-sided coverage of the interval.
+        seed: seed of the draws; equal seeds give equal intervals.
+
+    Returns:
+        One ``(difference, low, high)`` per threshold, in AUC units ([0, 1] scale, as :func:`pose_auc`).
+    """
+    a = np.atleast_2d(np.asarray(errors_a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(errors_b, dtype=np.float64))
+    if a.shape[1] != b.shape[1] or a.shape[1] == 0:
+        raise ValueError(f"need the same non-zero number of pairs for both methods, got {a.shape[1]} and {b.shape[1]}")
+
+    def difference(index: np.ndarray) -> np.ndarray:
+        auc_a = np.mean([pose_auc(run[index], thresholds) for run in a], axis=0)
+        auc_b = np.mean([pose_auc(run[index], thresholds) for run in b], axis=0)
+        return auc_a - auc_b
+
+    pairs = a.shape[1]
+    observed = difference(np.arange(pairs))
+    rng = np.random.default_rng(seed)
+    draws = np.array([difference(rng.integers(0, pairs, pairs)) for _ in range(resamples)])
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail], axis=0)
+    return [(float(d), float(lo), float(hi)) for d, lo, hi in zip(observed, low, high, strict=True)]
+
+
 def binned_map(
     errors: Sequence[float] | np.ndarray, thresholds: Sequence[float] = (5.0, 10.0, 20.0), bin_deg: float = 5.0
 ) -> list[float]:

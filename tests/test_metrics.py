@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from mbp_cli.metrics import binned_map, pose_auc, pose_error_deg, rotation_error_deg, translation_error_deg
+from mbp_cli.metrics import (
+    binned_map,
+    paired_auc_difference,
+    pose_auc,
+    pose_error_deg,
+    rotation_error_deg,
+    translation_error_deg,
+)
 
 
 def test_pose_auc_hand_computed():
@@ -33,3 +40,27 @@ def test_angular_errors():
     assert rotation_error_deg(Rz, np.eye(3)) == pytest.approx(90.0)
     assert translation_error_deg(np.array([0, 0, -1.0]), np.array([0, 0, 1.0])) == pytest.approx(0.0)
     assert pose_error_deg(None, None, np.eye(3), np.ones(3)) == (180.0, 180.0)
+
+
+def test_paired_auc_difference_is_the_auc_difference_with_an_interval_around_it():
+    rng = np.random.default_rng(3)
+    base = rng.exponential(3.0, 200)
+    better = base * 0.5  # every pair more accurate
+    (d5, lo5, hi5), _, _ = paired_auc_difference(better, base, resamples=300)
+    assert d5 == pytest.approx(pose_auc(better, (5.0,))[0] - pose_auc(base, (5.0,))[0])
+    assert 0.0 < lo5 < d5 < hi5
+    # swapping the methods negates the difference and mirrors the interval
+    (m5, mlo5, mhi5), _, _ = paired_auc_difference(base, better, resamples=300)
+    assert m5 == pytest.approx(-d5) and mlo5 == pytest.approx(-hi5) and mhi5 == pytest.approx(-lo5)
+    # a method against itself: exactly zero, every draw
+    assert paired_auc_difference(base, base, resamples=50) == [(0.0, 0.0, 0.0)] * 3
+    # several runs (seeds) of a method: its AUC is their mean
+    runs = np.stack([better, base])
+    (two_runs, _, _), _, _ = paired_auc_difference(runs, base, resamples=10)
+    assert two_runs == pytest.approx(d5 / 2)
+    # unrelated noise on the same pairs: the interval contains zero
+    noisy = base + rng.normal(0.0, 0.3, 200)
+    (_, nlo, nhi), _, _ = paired_auc_difference(noisy, base, resamples=300)
+    assert nlo < 0.0 < nhi
+    with pytest.raises(ValueError, match="same non-zero number of pairs"):
+        paired_auc_difference(base[:10], base[:11])

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mbp_cli.metrics import binned_map, pose_auc
+from mbp_cli.metrics import binned_map, paired_auc_difference, pose_auc
 
 AUC_THRESHOLDS = (5.0, 10.0, 20.0)
 MAIN_METHOD = "mbp"
@@ -96,13 +96,46 @@ def count_pairs(records: list[dict[str, Any]]) -> dict[str, int]:
     }
 
 
+def _pose_error(row: dict[str, Any]) -> float | None:
+    if row.get("err_R_deg") is None or row.get("err_t_deg") is None:
+        return None
+    return max(float(row["err_R_deg"]), float(row["err_t_deg"]))
+
+
+def versus_baselines(
+    records: list[dict[str, Any]], thresholds: Sequence[float] = AUC_THRESHOLDS
+) -> dict[str, dict[str, Any]]:
+    """mbp against each baseline on the pairs both scored: AUC differences with paired bootstrap 95 % intervals.
+
+    Returns:
+        baseline → ``pairs`` and ``auc_difference``: one ``[mbp − baseline, low, high]`` per threshold (AUC units).
+    """
+    out = {}
+    for method in methods_of(records)[1:]:
+        both = []
+        for record in records:
+            baseline = (record.get("baselines") or {}).get(method)
+            if baseline is None:
+                continue
+            ours, theirs = _pose_error(record), _pose_error(baseline)
+            if ours is not None and theirs is not None:
+                both.append((ours, theirs))
+        if both:
+            ours, theirs = zip(*both, strict=True)
+            out[method] = {
+                "pairs": len(both),
+                "auc_difference": [list(d) for d in paired_auc_difference(ours, theirs, thresholds)],
+            }
+    return out
+
+
 def summarize(records: list[dict[str, Any]], thresholds: Sequence[float] = AUC_THRESHOLDS) -> dict[str, Any]:
     """Every figure of the report from the ``pairs.jsonl`` records.
 
     Returns:
         ``thresholds_deg``; ``pairs`` (:func:`count_pairs`); ``methods``: method → ``overall`` and
-        ``per_scene`` (scene → :func:`pose_metrics`); ``scenes``: scene → pair counts and mean stage timings
-        per pair; ``timings_ms``: mean stage timings per pair over all scenes.
+        ``per_scene`` (scene → :func:`pose_metrics`); ``versus``: :func:`versus_baselines`; ``scenes``: scene →
+        pair counts and mean stage timings per pair; ``timings_ms``: mean stage timings per pair over all scenes.
     """
     scenes = list(dict.fromkeys(r["scene"] for r in records))
     methods = {}
@@ -120,6 +153,7 @@ def summarize(records: list[dict[str, Any]], thresholds: Sequence[float] = AUC_T
         "thresholds_deg": list(thresholds),
         "pairs": count_pairs(records),
         "methods": methods,
+        "versus": versus_baselines(records, thresholds),
         "scenes": per_scene,
         "timings_ms": _stage_means(records),
     }

@@ -6,6 +6,7 @@ import pytest
 
 from mbp_cli.evaluation.report import markdown_report
 from mbp_cli.evaluation.summary import method_rows, methods_of, pose_metrics, summarize
+from mbp_cli.metrics import pose_auc
 
 
 def _record(scene, name, status, err_R, err_t, time_ms=10.0, gt=True, baselines=None):
@@ -78,12 +79,19 @@ def test_summarize_per_scene_and_baselines() -> None:
     assert poselib["per_scene"]["a"]["auc"][1] == pytest.approx(0.75)
     assert s["scenes"]["b"]["errors"] == 1 and s["scenes"]["b"]["no_ground_truth"] == 1
     assert s["scenes"]["a"]["timings_ms"]["matching"] == 100.0
+    # mbp against poselib on the 3 pairs both scored: errors (2, 180, 4) against (8, 1, 8)
+    versus = s["versus"]["poselib"]
+    assert versus["pairs"] == 3
+    expected = [a - b for a, b in zip(pose_auc([2.0, 180.0, 4.0]), pose_auc([8.0, 1.0, 8.0]), strict=True)]
+    assert [d for d, _, _ in versus["auc_difference"]] == pytest.approx(expected)
+    assert all(lo <= d <= hi for d, lo, hi in versus["auc_difference"])
 
 
 def test_report_labels_both_figures_and_lists_failures() -> None:
+    poselib = {"status": "ok", "err_R_deg": 0.5, "err_t_deg": 0.5, "time_ms": 5.0}
     records = [
-        _record("a", "1", "ok", 1.0, 2.0),
-        _record("a", "2", "no_model", 180.0, 180.0) | {"reason": "only 3 matches"},
+        _record("a", "1", "ok", 1.0, 2.0, baselines={"poselib": poselib}),
+        _record("a", "2", "no_model", 180.0, 180.0, baselines={"poselib": poselib}) | {"reason": "only 3 matches"},
         _record("a", "3", "error", None, None) | {"reason": "image x.png does not exist"},
     ]
     summary = summarize(records) | {
@@ -105,3 +113,4 @@ def test_report_labels_both_figures_and_lists_failures() -> None:
     assert "2.00 pairs per second" in text
     assert "only 3 matches" in text and "image x.png does not exist" in text
     assert "1 bad inputs" in text and "2 scored" in text
+    assert "## mbp against each baseline" in text and "| poselib | 2 |" in text
