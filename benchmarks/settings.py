@@ -6,7 +6,8 @@ other tables report on. Every pair is estimated once per variant with the networ
 
 A variant is ``name`` (the defaults) or ``key=value[,key=value...]`` with keys of ``RansacOptions`` (ints, floats
 and booleans are parsed; ``sampler=uniform`` drops the network's guidance and its time) or ``refine.<key>`` for the
-final LM's ``RefineOptions`` (e.g. ``refine.cost_tol=1e-4``). Variants are separated by ``;``.
+final LM's ``RefineOptions`` (e.g. ``refine.cost_tol=1e-4``); a tuple is given with ``/`` (``basin_hops=0.1/0.2``,
+``basin_hops=`` for none). Variants are separated by ``;``.
 
 Usage::
 
@@ -56,13 +57,15 @@ def parse_variant(text: str) -> dict:
             refine = overrides.get("refine", RefineOptions())
             overrides["refine"] = dataclasses.replace(refine, **{key[7:]: type(default)(value.strip())})
             continue
-        if key not in fields or not value:
+        if key not in fields or (not value and not isinstance(getattr(RansacOptions(), key, None), tuple)):
             raise SystemExit(f"bad variant item {item!r}: use key=value with a RansacOptions field")
         default = getattr(RansacOptions(), key)
         if isinstance(default, bool):
             overrides[key] = value.strip().lower() in ("1", "true", "yes")
         elif isinstance(default, (int, float, str)):
             overrides[key] = type(default)(value.strip())
+        elif isinstance(default, tuple):  # numbers separated by '/', empty for ()
+            overrides[key] = tuple(float(v) for v in value.strip().split("/") if v)
         else:
             raise SystemExit(f"{key} cannot be set from the command line")
     return overrides

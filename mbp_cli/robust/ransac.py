@@ -26,7 +26,7 @@ from mbp_cli.geometry.essential import (
     triangulated_depths,
 )
 from mbp_cli.geometry.solver import SAMPLE_SIZE, five_point
-from mbp_cli.robust.refine import RefineOptions, refine_pose
+from mbp_cli.robust.refine import RefineOptions, normal_matrix, perturb_pose, refine_pose
 from mbp_cli.robust.samplers import GumbelSampler, ProsacSampler, Sampler, UniformSampler
 from mbp_cli.robust.scoring import msac_loss, robust_loss
 
@@ -88,6 +88,13 @@ class RansacOptions:
             values fall back to uniform sampling sooner when the best-ranked matches hold a wrong structure.
         preview_points / preview_keep: preemptive scoring: each batch's models are ranked on this many random
             correspondences and only the best ``preview_keep`` are scored on all of them.
+        basin_hops / hop_condition: when the final fit is ill-conditioned (the smallest eigenvalue of its normal
+            matrix below ``hop_condition`` times the next: a narrow field of view's rotation-translation
+            ambiguity), the final LM also starts from the result moved by each of these step lengths (radians)
+            both ways along the weakest direction, and the lowest score wins. 128 samples can miss the better
+            basin of that valley: on dino (f = 3300 px on 640 px images) the results of different seeds lie
+            several degrees apart. Validated on the training scenes: +0.12 / +0.10 AUC@5 at Lowe ratios 0.95 /
+            0.8 (seeds 0-2); it hops on 20-30 % of the pairs. ``()`` turns it off.
         seed: seed of the sampler's generator; equal seeds give identical results.
     """
 
@@ -113,6 +120,8 @@ class RansacOptions:
     gumbel_temperature: float = 1.0
     preview_points: int = 256
     preview_keep: int = 8
+    basin_hops: tuple[float, ...] = (0.05, 0.1, 0.2)
+    hop_condition: float = 0.1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,6 +137,8 @@ class RansacOptions:
             raise ValueError(f"gumbel temperature must be a positive number, got {self.gumbel_temperature}")
         if not 1 <= self.min_iterations <= self.max_iterations:
             raise ValueError("need 1 <= min_iterations <= max_iterations")
+        if any(not (step > 0 and math.isfinite(step)) for step in self.basin_hops):
+            raise ValueError(f"basin hops must be positive step lengths in radians, got {self.basin_hops}")
         if not (self.refine_scale > 0 and math.isfinite(self.refine_scale)):
             raise ValueError(f"refine scale must be a positive fraction of the threshold, got {self.refine_scale}")
 
@@ -201,6 +212,41 @@ def _score_models(
         E = E[keep]
     r2 = sampson_squared(E.float(), x0_32, x1_32)
     return E, r2, robust_loss(options.scoring, r2, threshold).sum(-1)
+
+
+def _hop_basins(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    score: float,
+    x0_fit: torch.Tensor,
+    x1_fit: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    weights: torch.Tensor | None,
+    threshold: float,
+    options: RansacOptions,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Restart the final LM along the weakest direction of an ill-conditioned fit; keep the lowest score.
+
+    R (1, 3, 3), t (1, 3) is the final pose with its ``score`` on all correspondences; ``x0_fit``, ``x1_fit`` and
+    ``weights`` are what the final LM fitted. See ``RansacOptions.basin_hops``.
+    """
+    scale = threshold * options.refine_scale
+    eigenvalues, eigenvectors = torch.linalg.eigh(
+        normal_matrix(R, t, x0_fit, x1_fit, scale, options.refine.loss, weights)[0]
+    )
+    if not float(eigenvalues[0]) < options.hop_condition * float(eigenvalues[1]):
+        return R, t, score
+    weakest = eigenvectors[:, 0]
+    steps = torch.stack([length * sign * weakest for length in options.basin_hops for sign in (1.0, -1.0)])
+    R_start, t_start = perturb_pose(R[0], t[0], steps)
+    R_hop, t_hop, _ = refine_pose(R_start, t_start, x0_fit, x1_fit, scale, options.refine, weights)
+    r2 = sampson_squared(essential_from_pose(R_hop, t_hop), x0, x1)
+    scores = robust_loss(options.scoring, r2, threshold).sum(-1)
+    j = int(scores.argmin())
+    if float(scores[j]) < score:
+        return R_hop[j : j + 1], t_hop[j : j + 1], float(scores[j])
+    return R, t, score
 
 
 def _make_sampler(
@@ -361,6 +407,11 @@ def _ransac(
             # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.
             if score_ref <= best_score * 1.05 + 1e-9:
                 R, t, best_score = R_ref, t_ref, score_ref
+        if options.basin_hops:
+            with timer("basin_hopping"):
+                R, t, best_score = _hop_basins(
+                    R, t, best_score, x0[near], x1[near], x0, x1, weights, threshold, options
+                )
     with timer("scoring"):
         E = essential_from_pose(R, t)[0]
         E = E / E.norm()

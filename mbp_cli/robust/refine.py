@@ -174,6 +174,42 @@ def _frame_update(step: torch.Tensor) -> torch.Tensor:
     return _cayley((step @ _STEP_TO_AXES.to(step)).view(-1, 2, 3))
 
 
+def perturb_pose(R: torch.Tensor, t: torch.Tensor, steps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pose (R, t) moved by each of K steps of the LM's 5 local parameters (see :func:`refine_pose`).
+
+    Args:
+        R: (3, 3), t: (3,) unit; steps: (K, 5) as ``(w1, w2, w3, b1, b2)`` in radians.
+
+    Returns:
+        R: (K, 3, 3), t: (K, 3) unit.
+    """
+    frame = torch.stack([R, torch.cat([tangent_basis(t[None])[0], t[:, None]], 1)])  # (2, 3, 3)
+    moved = frame[None] @ _frame_update(steps)
+    return moved[:, 0], moved[:, 1, :, 2]
+
+
+def normal_matrix(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    scale: float,
+    loss: str = "cauchy",
+    point_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The robust LM's IRLS normal matrix ``J^T diag(w rho') J`` (H, 5, 5) at poses R (H, 3, 3), t (H, 3).
+
+    Its eigenvectors of small eigenvalues are the directions in which the fit is weakly constrained: with a narrow
+    field of view, the rotation-translation (bas-relief) ambiguity.
+    """
+    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
+    r, J = _linearize(frames, epipolar_design(x0, x1))
+    w = robust_cost_and_weights(r * r, scale, loss)[1]
+    if point_weights is not None:
+        w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
+    return (J * w[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
+
+
 def refine_pose(
     R: torch.Tensor,
     t: torch.Tensor,
