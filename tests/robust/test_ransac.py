@@ -3,8 +3,10 @@ import math
 import pytest
 import torch
 
-from mbp_cli.geometry.essential import rotation_error_deg, translation_error_deg
-from mbp_cli.robust.ransac import RansacOptions, ransac_essential, required_iterations
+from mbp_cli.geometry.essential import essential_from_pose, rotation_error_deg, sampson_squared, translation_error_deg
+from mbp_cli.robust.ransac import RansacOptions, _hop_basins, ransac_essential, required_iterations
+from mbp_cli.robust.refine import normal_matrix, perturb_pose
+from mbp_cli.robust.scoring import robust_loss
 
 from synthetic import make_scene
 
@@ -85,3 +87,48 @@ def test_options_validate():
         RansacOptions(sampler="gumbel?")
     with pytest.raises(ValueError, match="refine scale"):
         RansacOptions(refine_scale=0.0)
+    with pytest.raises(ValueError, match="basin hops"):
+        RansacOptions(basin_hops=(0.1, -0.2))
+
+
+def _narrow_view(focal: float = 3300.0):
+    """250 correspondences within a 4-degree field of view, 1 px noise, 40 outliers: an ill-conditioned fit."""
+    g = torch.Generator().manual_seed(1)
+    R = torch.linalg.matrix_exp(torch.tensor([[0.0, -0.02, 0.03], [0.02, 0.0, -0.01], [-0.03, 0.01, 0.0]]).double())
+    t = torch.tensor([1.0, 0.2, 0.1], dtype=torch.float64)
+    t = t / t.norm()
+    depth = 8.0 + 4.0 * torch.rand(250, generator=g, dtype=torch.float64)
+    x0 = (torch.rand(250, 2, generator=g, dtype=torch.float64) - 0.5) * 0.07
+    X1 = torch.cat([x0 * depth[:, None], depth[:, None]], 1) @ R.T + t
+    x1 = X1[:, :2] / X1[:, 2:] + torch.randn(250, 2, generator=g, dtype=torch.float64) / focal
+    x1[:40] = (torch.rand(40, 2, generator=g, dtype=torch.float64) - 0.5) * 0.07
+    return x0, x1, 1.0 / focal
+
+
+def test_basin_hops_only_ever_lower_the_score_and_can_be_turned_off():
+    x0, x1, threshold = _narrow_view()
+    for seed in range(3):
+        plain = ransac_essential(x0, x1, threshold, RansacOptions(basin_hops=(), seed=seed))
+        hopped = ransac_essential(x0, x1, threshold, RansacOptions(seed=seed))
+        assert "basin_hopping" not in plain.timings_ms and "basin_hopping" in hopped.timings_ms
+        assert hopped.status == plain.status == "ok"
+        assert hopped.score <= plain.score + 1e-9
+
+
+def test_basin_hops_bring_a_pose_displaced_along_the_valley_back_to_the_optimum():
+    """From the optimum moved 0.15 rad along the weakest direction of a narrow view's fit (a wrong basin's start),
+    one of the hops lands back on the optimum, and its lower score wins."""
+    x0, x1, threshold = _narrow_view()
+    options = RansacOptions()
+    best = ransac_essential(x0, x1, threshold, RansacOptions(basin_hops=()))
+    scale = threshold * options.refine_scale
+    eigenvalues, eigenvectors = torch.linalg.eigh(normal_matrix(best.R[None], best.t[None], x0, x1, scale)[0])
+    assert eigenvalues[0] < options.hop_condition * eigenvalues[1]  # ill-conditioned: the hops will run
+    R_off, t_off = perturb_pose(best.R, best.t, 0.15 * eigenvectors[:, 0][None])
+    r2 = sampson_squared(essential_from_pose(R_off, t_off), x0, x1)[0]
+    score_off = float(robust_loss(options.scoring, r2, threshold).sum())
+    near = r2 < (options.refine_margin * threshold) ** 2
+    R, t, score = _hop_basins(R_off, t_off, score_off, x0[near], x1[near], x0, x1, None, threshold, options)
+    assert score < score_off - 1.0
+    assert score == pytest.approx(best.score, abs=0.05)
+    assert rotation_error_deg(R[0], best.R) < 0.05 and translation_error_deg(t[0], best.t) < 0.05

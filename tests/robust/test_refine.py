@@ -8,12 +8,14 @@ from mbp_cli.geometry.essential import (
     tangent_basis,
     translation_error_deg,
 )
-from mbp_cli.geometry.rotation import so3_exp
+from mbp_cli.geometry.rotation import skew, so3_exp
 from mbp_cli.robust.refine import (
     MIN_CURVATURE,
     RefineOptions,
     epipolar_design,
+    normal_matrix,
     normal_weights,
+    perturb_pose,
     refine_pose,
     refine_pose_implicit,
     robust_cost_and_weights,
@@ -155,3 +157,52 @@ def test_cauchy_normal_weights_are_the_cost_curvature_floored_where_it_turns_con
     for loss in ("huber", "truncated"):
         w = robust_cost_and_weights(r * r, scale, loss)[1]
         assert torch.equal(normal_weights(r * r, scale, loss, w), w)
+
+
+def test_perturb_pose_moves_along_the_lm_parameters():
+    """Zero step: the pose itself; steps 1-3 rotate as R exp([w]x), steps 4-5 move t along its tangent basis."""
+    scene = make_scene(num_points=10)
+    R0, t0 = perturb_pose(scene.R, scene.t, torch.zeros(1, 5, dtype=torch.float64))
+    assert torch.allclose(R0[0], scene.R, atol=1e-15) and torch.allclose(t0[0], scene.t, atol=1e-15)
+    h = 1e-7
+    R_s, t_s = perturb_pose(scene.R, scene.t, h * torch.eye(5, dtype=torch.float64))
+    generators = skew(torch.eye(3, dtype=torch.float64))
+    for k in range(3):
+        assert torch.allclose((R_s[k] - scene.R) / h, scene.R @ generators[k], atol=1e-6)
+        assert torch.allclose(t_s[k], scene.t, atol=1e-15)
+    basis = tangent_basis(scene.t[None])[0]
+    for j in range(2):
+        assert torch.equal(R_s[3 + j], scene.R)
+        assert torch.allclose((t_s[3 + j] - scene.t) / h, basis[:, j], atol=1e-6)
+    assert torch.allclose(t_s.norm(dim=-1), torch.ones(5, dtype=torch.float64))
+
+
+def _narrow_scene(half_width: float, seed: int = 0):
+    """Points seen within +-half_width (normalized) of the optical axis, 4-12 units deep, small sideways motion."""
+    g = torch.Generator().manual_seed(seed)
+    R = so3_exp(torch.tensor([0.01, 0.03, -0.02], dtype=torch.float64))
+    t = torch.tensor([1.0, 0.2, 0.1], dtype=torch.float64)
+    t = t / t.norm()
+    depth = 4.0 + 8.0 * torch.rand(200, generator=g, dtype=torch.float64)
+    xy = (torch.rand(200, 2, generator=g, dtype=torch.float64) - 0.5) * 2 * half_width
+    X1 = torch.cat([xy * depth[:, None], depth[:, None]], 1) @ R.T + t
+    return R, t, xy, X1[:, :2] / X1[:, 2:]
+
+
+def test_normal_matrix_is_the_weighted_gram_of_the_sampson_jacobian_and_shows_a_narrow_view():
+    scene = make_scene(num_points=50, noise_px=0.5)
+    design = epipolar_design(scene.x0, scene.x1)
+    r, J = sampson_residuals_and_jacobian(scene.R[None], scene.t[None], design)
+    w = robust_cost_and_weights(r * r, 1e-3, "cauchy")[1]
+    A = normal_matrix(scene.R[None], scene.t[None], scene.x0, scene.x1, 1e-3)
+    assert torch.allclose(A, torch.einsum("hni,hn,hnj->hij", J, w, J))
+    point_weights = torch.rand(50, dtype=torch.float64)
+    weighted = normal_matrix(scene.R[None], scene.t[None], scene.x0, scene.x1, 1e-3, point_weights=point_weights)
+    assert torch.allclose(weighted, torch.einsum("hni,hn,hnj->hij", J, w * point_weights, J))
+    # the rotation-translation ambiguity of a narrow field of view: a much smaller weakest eigenvalue
+    conditions = []
+    for half_width in (0.4, 0.03):
+        R, t, x0, x1 = _narrow_scene(half_width)
+        eigenvalues = torch.linalg.eigvalsh(normal_matrix(R[None], t[None], x0, x1, 1e-3)[0])
+        conditions.append(float(eigenvalues[0] / eigenvalues[1]))
+    assert conditions[1] < 0.1 < conditions[0]
