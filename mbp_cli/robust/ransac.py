@@ -33,6 +33,8 @@ from mbp_cli.robust.scoring import msac_loss, robust_loss
 SAMPLERS = ("prosac", "uniform", "gumbel")
 SCORINGS = ("magsac", "msac")
 STATUSES = ("ok", "no_model", "degenerate")
+# Step lengths (radians) of the basin hops when they are on (``RansacOptions.basin_hops``, ``--basin-hops``).
+BASIN_HOPS = (0.05, 0.1, 0.2)
 # Inliers that vote for the factorisation of an essential matrix (pose_from_essential's max_voters).
 CHEIRALITY_VOTERS = 128
 # (N,) bool mask of the correspondences the final LM fits, (M,) their squared residuals in thresholds -> (M,) weights
@@ -91,10 +93,11 @@ class RansacOptions:
         basin_hops / hop_condition: when the final fit is ill-conditioned (the smallest eigenvalue of its normal
             matrix below ``hop_condition`` times the next: a narrow field of view's rotation-translation
             ambiguity), the final LM also starts from the result moved by each of these step lengths (radians)
-            both ways along the weakest direction, and the lowest score wins. 128 samples can miss the better
-            basin of that valley: on dino (f = 3300 px on 640 px images) the results of different seeds lie
-            several degrees apart. Validated on the training scenes: +0.12 / +0.10 AUC@5 at Lowe ratios 0.95 /
-            0.8 (seeds 0-2); it hops on 20-30 % of the pairs. ``()`` turns it off.
+            both ways along the weakest direction, and the lowest MAGSAC++ score wins. 128 samples can miss the
+            better basin of that valley: on dino (f = 3300 px on 640 px images) the results of different seeds lie
+            degrees apart, and ``BASIN_HOPS`` gains about 2 AUC@5 there at Lowe ratio 0.95. Off by default: on the
+            training scenes (wider views) it gained only +0.03 / +0.05 at ratios 0.95 / 0.8 (seeds 0-2) for 18 / 8 %
+            more median time (``settings_basin_hops_ratio*.md``); turn it on for telephoto or distant scenes.
         seed: seed of the sampler's generator; equal seeds give identical results.
     """
 
@@ -120,7 +123,7 @@ class RansacOptions:
     gumbel_temperature: float = 1.0
     preview_points: int = 256
     preview_keep: int = 8
-    basin_hops: tuple[float, ...] = (0.05, 0.1, 0.2)
+    basin_hops: tuple[float, ...] = ()
     hop_condition: float = 0.1
     seed: int = 0
 
