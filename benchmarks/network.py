@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from peers import CACHE, single_thread, spread_pair_chunks  # noqa: E402
+from settings import parse_variant  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.evaluation.summary import pose_metrics  # noqa: E402
@@ -109,7 +110,7 @@ def _run_mbp(pair, variant, scores, options):
 
 
 def _worker(task: tuple) -> list[dict]:
-    scene_dir, ratio, indices, model, weights, budgets = task
+    scene_dir, ratio, indices, model, weights, budgets, overrides = task
     single_thread()
     from mbp_cli.estimators import PoseLibEstimator
     from mbp_cli.robust.ransac import RansacOptions
@@ -117,7 +118,7 @@ def _worker(task: tuple) -> list[dict]:
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
     net = _load_network(model, weights)
     poselib = PoseLibEstimator()
-    default = RansacOptions()  # the product's defaults
+    default = RansacOptions(**overrides)  # the product's defaults, with --options
     rows = []
     warm = pairs[indices[0]]
     _network_logits(net, warm)  # one-off set-up out of the timings
@@ -220,10 +221,12 @@ def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def markdown(rows: list[dict], ratios: list[float], budgets: list[int], stages: dict, command: str, model: str) -> str:
+def markdown(
+    rows: list[dict], ratios: list[float], budgets: list[int], stages: dict, command: str, model: str, options: str
+) -> str:
     lines = [
         f"Network `{model}`; held-out scenes {', '.join(sorted({r['scene'] for r in rows}))}; same SIFT matches for every method.",
-        "mbp at its default options (RansacOptions()), PoseLib at 1 px. AUC = exact integral (glue-factory's `pose_auc`); time: median per pair, one thread,",
+        f"mbp at its default options (RansacOptions(), overrides: {options}), PoseLib at 1 px. AUC = exact integral (glue-factory's `pose_auc`); time: median per pair, one thread,",
         "estimation only (network included for the network-guided methods).",
         "",
     ]
@@ -309,6 +312,9 @@ def main() -> None:
     parser.add_argument("--weights", default=None, help="a weights file instead")
     parser.add_argument("--max-pairs-per-scene", type=int, default=0, help="0: all pairs")
     parser.add_argument("--budgets", default="16,64,256", help="fixed sample counts ('' to skip)")
+    parser.add_argument(
+        "--options", default="default", help="RansacOptions overrides of every mbp method, as settings.py's variants"
+    )
     parser.add_argument("--stage-matches", type=int, default=2000)
     parser.add_argument("--stage-repeats", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
@@ -323,7 +329,7 @@ def main() -> None:
     tasks = []
     for ratio in ratios:
         for d, indices in spread_pair_chunks(dirs, ratio, args.max_pairs_per_scene):
-            tasks.append((d, ratio, indices, model, args.weights, budgets))
+            tasks.append((d, ratio, indices, model, args.weights, budgets, parse_variant(args.options)))
     start = time.perf_counter()
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
@@ -337,8 +343,8 @@ def main() -> None:
         else {}
     )
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    name = model or Path(args.weights).stem
-    text = markdown(rows, ratios, budgets, stages, command, name)
+    name = (model or Path(args.weights).stem) + ("" if args.options == "default" else "_" + args.options.split("=")[0])
+    text = markdown(rows, ratios, budgets, stages, command, name, args.options)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"network_{name}.md").write_text(text)
     (args.out / f"network_{name}.json").write_text(json.dumps({"command": command, "stages": stages, "rows": rows}))
