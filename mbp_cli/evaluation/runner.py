@@ -604,7 +604,8 @@ def prepare_output(out: Path, run_info: dict[str, Any], overwrite: bool) -> list
     if not isinstance(previous, dict):
         raise OutputError(f"{pairs} exists but {run_file.name} is missing; pass --overwrite or choose another --out")
     for key in ("settings", "shard"):
-        if previous.get(key) != run_info[key]:
+        # compared as stored: JSON turns the tuples of the options (e.g. basin_hops) into lists
+        if previous.get(key) != json.loads(json.dumps(run_info[key])):
             what = "configuration" if key == "settings" else "shard"
             raise OutputError(
                 f"{out} holds results of another {what}; pass --overwrite to replace them or choose another --out"
