@@ -95,9 +95,10 @@ class RansacOptions:
             ambiguity), the final LM also starts from the result moved by each of these step lengths (radians)
             both ways along the weakest direction, and the lowest MAGSAC++ score wins. 128 samples can miss the
             better basin of that valley: on dino (f = 3300 px on 640 px images) the results of different seeds lie
-            degrees apart, and ``BASIN_HOPS`` gains about 2 AUC@5 there at Lowe ratio 0.95. Off by default: on the
-            training scenes (wider views) it gained only +0.03 / +0.05 at ratios 0.95 / 0.8 (seeds 0-2) for 18 / 8 %
-            more median time (``settings_basin_hops_ratio*.md``); turn it on for telephoto or distant scenes.
+            degrees apart, and ``BASIN_HOPS`` gains 1.6 AUC@5 there at Lowe ratio 0.95 (seeds 0-2). Off by
+            default: on the training scenes (wider views) it gained only +0.03 / +0.05 at ratios 0.95 / 0.8 (seeds
+            0-2) for 18 / 8 % more median time (``settings_basin_hops_ratio*.md``); turn it on for telephoto or
+            distant scenes.
         seed: seed of the sampler's generator; equal seeds give identical results.
     """
 
