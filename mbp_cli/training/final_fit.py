@@ -51,7 +51,7 @@ from mbp_cli.network.fit_head import FitHead, fit_feature_names, fit_features
 from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 from mbp_cli.robust.refine import refine_pose, refine_pose_implicit
-from mbp_cli.training.init import atomic_torch_save, start_recipe
+from mbp_cli.training.init import atomic_torch_save, cosine_schedule, restore_checkpoint, start_recipe
 
 
 @dataclass
@@ -211,17 +211,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     optimizer = torch.optim.Adam(head.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(train) / args.batch)
     total_steps = args.epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
+    schedule = cosine_schedule(optimizer, total_steps)
     checkpoint = run / "checkpoint.pt"
     epoch, history = 0, []
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        rng.setstate(state["rng"])
+    state = restore_checkpoint(checkpoint, {"head": head, "optimizer": optimizer, "schedule": schedule}, rng)
+    if state is not None:
         epoch, history = state["epoch"], state["history"]
         print(f"resumed from {checkpoint} after epoch {epoch}")
 

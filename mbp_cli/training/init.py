@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,6 +201,29 @@ def atomic_torch_save(obj: object, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Learning rate from its initial value to 0 along half a cosine over ``total_steps`` steps, 0 after."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
+
+
+def restore_checkpoint(path: Path, parts: dict[str, Any], rng: random.Random) -> dict[str, Any] | None:
+    """Resume a recipe: each named part (module, optimizer, schedule) and the Python RNG from ``path``.
+
+    Returns:
+        The whole saved state, for the recipe's own entries (step, history, other generators), or None when
+        ``path`` does not exist (a fresh start).
+    """
+    if not path.is_file():
+        return None
+    state = torch.load(path, weights_only=False)
+    for key, part in parts.items():
+        part.load_state_dict(state[key])
+    rng.setstate(state["rng"])
+    return state
+
+
 def start_recipe(module: str, argv: Sequence[str] | None, threads: int, seed: int) -> tuple[str, random.Random]:
     """A training recipe's reproducible start: its command line as run, torch's threads and seed, a seeded RNG."""
     command = f"python -m {module} " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -278,17 +302,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     model = ConsensusNetwork(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, args.steps) / args.steps))
-    )
+    schedule = cosine_schedule(optimizer, args.steps)
     checkpoint = args.runs / args.name / "checkpoint.pt"
     step = 0
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        rng.setstate(state["rng"])
+    state = restore_checkpoint(checkpoint, {"model": model, "optimizer": optimizer, "schedule": schedule}, rng)
+    if state is not None:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step = state["step"]
