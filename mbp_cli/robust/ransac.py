@@ -218,6 +218,13 @@ def _score_models(
     return E, r2, robust_loss(options.scoring, r2, threshold).sum(-1)
 
 
+def _pose_scores(
+    R: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, threshold: float, scoring: str
+) -> torch.Tensor:
+    """(H,) robust scores of poses R (H, 3, 3), t (H, 3) on all correspondences."""
+    return robust_loss(scoring, sampson_squared(essential_from_pose(R, t), x0, x1), threshold).sum(-1)
+
+
 def _hop_basins(
     R: torch.Tensor,
     t: torch.Tensor,
@@ -245,8 +252,7 @@ def _hop_basins(
     steps = torch.stack([length * sign * weakest for length in options.basin_hops for sign in (1.0, -1.0)])
     R_start, t_start = perturb_pose(R[0], t[0], steps)
     R_hop, t_hop, _ = refine_pose(R_start, t_start, x0_fit, x1_fit, scale, options.refine, weights)
-    r2 = sampson_squared(essential_from_pose(R_hop, t_hop), x0, x1)
-    scores = robust_loss(options.scoring, r2, threshold).sum(-1)
+    scores = _pose_scores(R_hop, t_hop, x0, x1, threshold, options.scoring)
     j = int(scores.argmin())
     if float(scores[j]) < score:
         return R_hop[j : j + 1], t_hop[j : j + 1], float(scores[j])
@@ -403,19 +409,17 @@ def _ransac(
             r2_start = sampson_squared(essential_from_pose(R, t), x0, x1)[0] / thr2
             near = r2_start < options.refine_margin**2
             weights = None if refinement_weights is None else refinement_weights(near, r2_start[near]).to(x0)[None]
+            x0_fit, x1_fit = x0[near], x1[near]
             R_ref, t_ref, _ = refine_pose(
-                R, t, x0[near], x1[near], threshold * options.refine_scale, options.refine, weights
+                R, t, x0_fit, x1_fit, threshold * options.refine_scale, options.refine, weights
             )
-            r2_ref = sampson_squared(essential_from_pose(R_ref, t_ref), x0, x1)
-            score_ref = float(robust_loss(options.scoring, r2_ref, threshold).sum())
+            score_ref = float(_pose_scores(R_ref, t_ref, x0, x1, threshold, options.scoring)[0])
             # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.
             if score_ref <= best_score * 1.05 + 1e-9:
                 R, t, best_score = R_ref, t_ref, score_ref
         if options.basin_hops:
             with timer("basin_hopping"):
-                R, t, best_score = _hop_basins(
-                    R, t, best_score, x0[near], x1[near], x0, x1, weights, threshold, options
-                )
+                R, t, best_score = _hop_basins(R, t, best_score, x0_fit, x1_fit, x0, x1, weights, threshold, options)
     with timer("scoring"):
         E = essential_from_pose(R, t)[0]
         E = E / E.norm()

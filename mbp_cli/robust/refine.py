@@ -72,6 +72,11 @@ def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     return P.reshape(5, N, 9)
 
 
+def _frames(R: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """(H, 3, 3) rotations and (H, 3) unit translations -> (H, 2, 3, 3) frames: R, and ``T = [b1, b2, t]``."""
+    return torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
+
+
 def _linearize(frames: torch.Tensor, design: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Signed Sampson residuals (N, H) and their Jacobian (N, H, 5) from **one** matrix product.
 
@@ -112,8 +117,7 @@ def sampson_residuals_and_jacobian(
         rotation is updated as ``R exp([w]x)`` and the translation as ``t + b1 u1 + b2 u2`` (then normalised) in
         the tangent basis of :func:`~mbp_cli.geometry.essential.tangent_basis`.
     """
-    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
-    r, J = _linearize(frames, design)
+    r, J = _linearize(_frames(R, t), design)
     return r.T, J.transpose(0, 1)
 
 
@@ -183,8 +187,7 @@ def perturb_pose(R: torch.Tensor, t: torch.Tensor, steps: torch.Tensor) -> tuple
     Returns:
         R: (K, 3, 3), t: (K, 3) unit.
     """
-    frame = torch.stack([R, torch.cat([tangent_basis(t[None])[0], t[:, None]], 1)])  # (2, 3, 3)
-    moved = frame[None] @ _frame_update(steps)
+    moved = _frames(R[None], t[None]) @ _frame_update(steps)
     return moved[:, 0], moved[:, 1, :, 2]
 
 
@@ -202,8 +205,7 @@ def normal_matrix(
     Its eigenvectors of small eigenvalues are the directions in which the fit is weakly constrained: with a narrow
     field of view, the rotation-translation (bas-relief) ambiguity.
     """
-    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
-    r, J = _linearize(frames, epipolar_design(x0, x1))
+    r, J = _linearize(_frames(R, t), epipolar_design(x0, x1))
     w = robust_cost_and_weights(r * r, scale, loss)[1]
     if point_weights is not None:
         w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
@@ -238,7 +240,7 @@ def refine_pose(
     pw = None if point_weights is None else point_weights.to(R.dtype).expand(H, x0.shape[0]).T  # (N, H)
     design = epipolar_design(x0, x1)
     # frames[:, 0] = R, frames[:, 1] = T = [b1, b2, t]: both updated by one batched product per step.
-    frames = torch.stack([R, torch.cat([tangent_basis(t), t[:, :, None]], 2)], 1)
+    frames = _frames(R, t)
 
     def evaluate(frames_: torch.Tensor) -> tuple[torch.Tensor, ...]:
         r, J = _linearize(frames_, design)
