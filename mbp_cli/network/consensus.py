@@ -100,8 +100,13 @@ def instance_then_batch_norm(
     x: torch.Tensor, mask: torch.Tensor | None, instance: MaskedInstanceNorm, batch: MaskedBatchNorm
 ) -> torch.Tensor:
     """``batch(instance(x))`` in eval mode as one per-sample affine map (one pass over ``x`` instead of three)."""
-    mean, var = _mean_var(x, mask, over_batch=False)
     scale, shift = batch.affine()
+    if mask is None and x.shape[0] == 1:
+        # One unpadded sample (what inference scores): the instance statistics over its N rows are what a
+        # training-mode batch norm of the (N, C) matrix computes, and its affine is the BN's eval map. One fused
+        # kernel instead of nine operations (0.02 instead of 0.04 ms per call at N = 200).
+        return F.batch_norm(x[0], None, None, scale, shift, training=True, eps=instance.eps)[None]
+    mean, var = _mean_var(x, mask, over_batch=False)
     scale = torch.rsqrt(var + instance.eps) * scale  # (B, 1, C)
     return torch.addcmul(shift - mean * scale, x, scale)
 
