@@ -295,12 +295,6 @@ def refine_pose(
     return frames[:, 0], frames[:, 1, :, 2], cost
 
 
-def _local_pose(R: torch.Tensor, t: torch.Tensor, basis: torch.Tensor, step: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The pose moved by the 5-vector ``step`` (rotation by Cayley, translation in its tangent plane)."""
-    t_new = t + basis @ step[3:]
-    return R @ _cayley(step[:3]), t_new / t_new.norm()
-
-
 def refine_pose_implicit(
     R: torch.Tensor,
     t: torch.Tensor,
@@ -318,8 +312,8 @@ def refine_pose_implicit(
     moved by the Newton step ``delta(w) = -H^-1 g(p*, w)`` with ``H`` held constant: its value is ``p*`` (the step
     is zero at a converged optimum) and its derivative is exactly the IFT's, so the weights can be trained
     through the final fit with a loss on the refined pose (MinBackProp's idea applied to the LM instead of the
-    minimal solver). ``H`` is the exact Hessian of the robust cost (autograd in a local chart; at a critical
-    point it does not depend on the chart), not the Gauss-Newton matrix.
+    minimal solver). ``H`` is the exact Hessian of the robust cost (autograd in the LM's own chart,
+    :func:`perturb_pose`; at a critical point it does not depend on the chart), not the Gauss-Newton matrix.
 
     Args:
         R: (3, 3) rotation to start from; t: (3,) translation.
@@ -336,13 +330,11 @@ def refine_pose_implicit(
     with torch.no_grad():
         R_opt, t_opt, _ = refine_pose(R[None], t[None], x0, x1, scale, options, point_weights.detach()[None])
     R_opt, t_opt = R_opt[0].to(point_weights.device), t_opt[0].to(point_weights.device)
-    basis = tangent_basis(t_opt[None])[0]
     x0, x1 = x0.to(R_opt), x1.to(R_opt)
     weights = point_weights.to(R_opt.dtype)
 
     def cost(step: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        R_s, t_s = _local_pose(R_opt, t_opt, basis, step)
-        r2 = sampson_squared(essential_from_pose(R_s[None], t_s[None]), x0, x1)[0]
+        r2 = sampson_squared(essential_from_pose(*perturb_pose(R_opt, t_opt, step[None])), x0, x1)[0]
         return (robust_cost_and_weights(r2, scale, options.loss)[0] * w).sum()
 
     zero = torch.zeros(5, dtype=R_opt.dtype, device=R_opt.device)
@@ -354,4 +346,5 @@ def refine_pose_implicit(
     eye = torch.eye(5, dtype=R_opt.dtype, device=R_opt.device)
     damping = 1e-12 * hessian.diagonal().abs().max().clamp_min(1e-30)
     step = -torch.linalg.solve(hessian + damping * eye, gradient)
-    return _local_pose(R_opt, t_opt, basis, step)
+    R_new, t_new = perturb_pose(R_opt, t_opt, step[None])
+    return R_new[0], t_new[0]
