@@ -5,6 +5,8 @@ refinement; each variant then fits the final pose from that same starting point,
 
 * ``lm``: the product's final LM (Cauchy loss at the threshold, matches within 3 thresholds of the start);
 * ``lm-scale-0.5``: the same with the Cauchy scale at half the threshold;
+* ``lm-scale-0.5-keypoint-noise``: the product's LM (half-threshold Cauchy scale) on the heteroscedastic Sampson
+  distance, each keypoint's noise proportional to its SIFT detection scale (``RansacOptions.scale_noise``);
 * ``lm-network-weights``: the product's LM with every match's cost multiplied by the network's inlier probability;
 * ``oracle-1px`` / ``oracle-1px-from-gt``: LM on the **ground-truth inliers** (Sampson distance to the true E below
   1 px and in front of both cameras), from the RANSAC pose or from the true pose;
@@ -42,6 +44,7 @@ from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 VARIANTS = (
     "lm",
     "lm-scale-0.5",
+    "lm-scale-0.5-keypoint-noise",
     "lm-network-weights",
     "oracle-1px",
     "oracle-1px-from-gt",
@@ -55,11 +58,12 @@ def _worker(task: tuple) -> list[dict]:
     import torch
 
     from mbp_cli.geometry.essential import essential_from_pose, sampson_squared, triangulated_depths
+    from mbp_cli.matching.types import keypoint_scales
     from mbp_cli.metrics import pose_error_deg
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import load_model, load_weights
     from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-    from mbp_cli.robust.refine import RefineOptions, refine_pose
+    from mbp_cli.robust.refine import RefineOptions, keypoint_noise, refine_pose
 
     net = load_weights(weights) if weights else load_model(model)
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
@@ -80,11 +84,12 @@ def _worker(task: tuple) -> list[dict]:
         t_gt = torch.from_numpy(pair.t).double()
         t_gt = t_gt / t_gt.norm()
 
-        def fit(start, mask, scale, weights=None, x0=x0, x1=x1, pair=pair):
+        def fit(start, mask, scale, weights=None, scales=None, x0=x0, x1=x1, pair=pair):
             if int(mask.sum()) < 5:
                 return 180.0
             w = None if weights is None else weights[mask][None]
-            R, t, _ = refine_pose(start[0][None], start[1][None], x0[mask], x1[mask], scale, RefineOptions(), w)
+            noise = None if scales is None else keypoint_noise(scales[0][mask], scales[1][mask])
+            R, t, _ = refine_pose(start[0][None], start[1][None], x0[mask], x1[mask], scale, RefineOptions(), w, noise)
             return max(pose_error_deg(R[0].numpy(), t[0].numpy(), pair.R, pair.t))
 
         ransac = (res.R, res.t)
@@ -98,6 +103,7 @@ def _worker(task: tuple) -> list[dict]:
             {
                 "lm": fit(ransac, near, thr),
                 "lm-scale-0.5": fit(ransac, near, 0.5 * thr),
+                "lm-scale-0.5-keypoint-noise": fit(ransac, near, 0.5 * thr, scales=keypoint_scales(pair.side)),
                 "lm-network-weights": fit(ransac, near, thr, torch.sigmoid(logits.double())),
                 "oracle-1px": fit(ransac, gt1, thr),
                 "oracle-1px-from-gt": fit((R_gt, t_gt), gt1, thr),
@@ -119,6 +125,7 @@ def main() -> None:
     parser.add_argument("--max-pairs-per-scene", type=int, default=150, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--name", default="", help="appended to the result files' name")
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
@@ -138,7 +145,8 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    stem = f"final_fit_ratio{args.ratio:g}" + (f"_{Path(args.weights).stem}" if args.weights else "")
+    stem = f"final_fit{'_' + args.name if args.name else ''}_ratio{args.ratio:g}"
+    stem += f"_{Path(args.weights).stem}" if args.weights else ""
     save_result(args.out, stem, text, command, rows)
     print(text)
 

@@ -82,6 +82,7 @@ def _network_logits(net, pair):
 def _run_mbp(pair, variant, scores, options):
     import torch
 
+    from mbp_cli.matching.types import keypoint_scales
     from mbp_cli.network.features import sampling_quality
     from mbp_cli.robust.ransac import ransac_essential
 
@@ -102,6 +103,7 @@ def _run_mbp(pair, variant, scores, options):
         options,
         quality,
         refinement_weights=weighting if source == "network" else None,  # a model's fit head weighs its final LM
+        keypoint_scales=keypoint_scales(pair.side),
     )
     elapsed = (time.perf_counter() - start) * 1e3
     R = None if res.R is None else res.R.numpy()

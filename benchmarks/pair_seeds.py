@@ -52,10 +52,11 @@ def main() -> None:
     import torch
 
     from mbp_cli.geometry.essential import essential_from_pose, sampson_squared
+    from mbp_cli.matching.types import keypoint_scales
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import DEFAULT_MODEL, load_model
     from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-    from mbp_cli.robust.refine import refine_pose
+    from mbp_cli.robust.refine import keypoint_noise, refine_pose
 
     net = load_model(args.model or DEFAULT_MODEL)
     wanted = [tuple(p.split(":")) for p in args.pairs.split(",")]
@@ -69,6 +70,7 @@ def main() -> None:
         pair = pairs[key]
         x0, x1 = torch.from_numpy(pair.x0).double(), torch.from_numpy(pair.x1).double()
         side = {k: torch.from_numpy(v) for k, v in pair.side.items()}
+        scales = keypoint_scales(side)
         quality = sampling_quality(score_correspondences(net, network_inputs(x0, x1, side, net.config)), "gumbel")
         threshold = defaults.threshold_px / pair.focal
 
@@ -78,12 +80,15 @@ def main() -> None:
             sampson_squared(essential_from_pose(R_gt[None], t_gt[None]), x0, x1)[0]
             < (defaults.refine_margin * threshold) ** 2
         )
+        noise = None if scales is None else keypoint_noise(scales[0][near], scales[1][near])
         R_opt, t_opt, _ = refine_pose(
-            R_gt[None], t_gt[None], x0[near], x1[near], threshold * defaults.refine_scale, defaults.refine
+            R_gt[None], t_gt[None], x0[near], x1[near], threshold * defaults.refine_scale, defaults.refine, None, noise
         )
         print(f"  ground truth + final LM  {_describe(R_opt[0], t_opt[0], pair, x0, x1, threshold)}")
         for seed in range(args.seeds):
-            res = ransac_essential(x0, x1, threshold, RansacOptions(sampler="gumbel", seed=seed), quality)
+            res = ransac_essential(
+                x0, x1, threshold, RansacOptions(sampler="gumbel", seed=seed), quality, keypoint_scales=scales
+            )
             if res.R is None or res.t is None:
                 print(f"  seed {seed}                   {res.status}")
                 continue

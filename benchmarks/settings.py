@@ -76,6 +76,7 @@ def _worker(task: tuple) -> list[dict]:
     single_thread()
     import torch
 
+    from mbp_cli.matching.types import keypoint_scales
     from mbp_cli.metrics import pose_error_deg
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import load_model, load_weights
@@ -91,6 +92,7 @@ def _worker(task: tuple) -> list[dict]:
         pair = pairs[i]
         x0, x1 = torch.from_numpy(pair.x0), torch.from_numpy(pair.x1)
         side = {k: torch.from_numpy(v) for k, v in pair.side.items()}
+        scales = keypoint_scales(side)
         start = time.perf_counter()
         logits = score_correspondences(net, network_inputs(x0, x1, side, net.config), max_points=max_points)
         network_ms = (time.perf_counter() - start) * 1e3
@@ -99,9 +101,9 @@ def _worker(task: tuple) -> list[dict]:
             guided = opts.sampler != "uniform"
             quality = sampling_quality(logits, opts.sampler) if guided else None
             if n == 0:  # one-off set-up (first calls of each code path) out of the timings
-                ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality)
+                ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality, keypoint_scales=scales)
             start = time.perf_counter()
-            res = ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality)
+            res = ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality, keypoint_scales=scales)
             row[f"{name} ms"] = (time.perf_counter() - start) * 1e3 + (network_ms if guided else 0.0)
             error = 180.0
             if res.R is not None and res.t is not None:

@@ -77,6 +77,14 @@ class EstimateOptions:
             "view): +1.6 AUC@5 on the narrow-view dino scene at Lowe ratio 0.95, little elsewhere, more time.",
         ),
     ] = False
+    scale_noise: Annotated[
+        bool,
+        typer.Option(
+            "--scale-noise/--no-scale-noise",
+            help="Fit the final pose with each SIFT keypoint's noise proportional to its detection scale "
+            "(heteroscedastic Sampson distance); matchers without scales (LoFTR) fit equal noise.",
+        ),
+    ] = True
     seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal results.")] = 0
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu"
     network: Annotated[
@@ -119,6 +127,7 @@ class EstimateOptions:
             final_refinement=self.refinement,
             refine_scale=self.refine_scale,
             basin_hops=BASIN_HOPS if self.basin_hops else (),
+            scale_noise=self.scale_noise,
             seed=self.seed,
         )
         config = EstimateConfig(

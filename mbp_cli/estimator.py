@@ -17,6 +17,7 @@ import torch
 
 from mbp_cli import CONVENTION
 from mbp_cli.io.calibration import Camera
+from mbp_cli.matching.types import keypoint_scales
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 
 if TYPE_CHECKING:
@@ -89,7 +90,9 @@ def estimate_relative_pose(
             sampler: Gumbel top-k on ``logsigmoid(logits)`` (``options.sampler == "gumbel"``) or PROSAC ordered
             by the logits (``"prosac"``); ``uniform`` ignores them. Its time is ``timings_ms["network"]``.
             A model with a fit head also weighs the final LM's correspondences (:func:`fit_weighting`).
-        side: the matcher's per-match side information (:attr:`Matches.side`), needed with a network.
+        side: the matcher's per-match side information (:attr:`Matches.side`): the network's inputs (needed with a
+            network) and, from SIFT, the keypoint scales that set each match's noise in the final fit
+            (``options.scale_noise``).
 
     Returns:
         ``(pose, info)``: ``pose`` is None when no model was found. ``info`` holds ``status`` (``ok``,
@@ -118,7 +121,16 @@ def estimate_relative_pose(
         network_ms = (time.perf_counter() - start) * 1e3
     elif options.sampler == "gumbel":
         raise ValueError("the gumbel sampler draws by the network's scores; give a network or choose prosac/uniform")
-    result = ransac_essential(x0, x1, threshold, options, quality=quality, refinement_weights=refinement_weights)
+    scales = None if side is None else keypoint_scales(side)
+    result = ransac_essential(
+        x0,
+        x1,
+        threshold,
+        options,
+        quality=quality,
+        refinement_weights=refinement_weights,
+        keypoint_scales=None if scales is None else (scales[0].to(device), scales[1].to(device)),
+    )
     timings = result.timings_ms if network_ms is None else {"network": network_ms, **result.timings_ms}
     n = int(p0.shape[0])
     num_inliers = int(result.inliers.sum())

@@ -11,6 +11,7 @@ the same geometry. PoseLib, pycolmap and pymagsac are optional dependencies; a m
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from mbp_cli.errors import MbpError
+from mbp_cli.matching.types import keypoint_scales
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 
 ESTIMATORS = ("mbp", "opencv", "poselib", "pycolmap", "pymagsac")
@@ -44,9 +46,20 @@ class PoseEstimator(Protocol):
     name: str
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
-        """Estimate from (N, 2) normalized points; ``threshold_px / focal`` is the normalized threshold."""
+        """Estimate from (N, 2) normalized points; ``threshold_px / focal`` is the normalized threshold.
+
+        ``quality`` (N,) orders the matches where a method uses an order (higher is better); ``side`` is the
+        matcher's per-match side information (:attr:`mbp_cli.matching.types.Matches.side`), used by the methods
+        that can (mbp: the keypoint scales), ignored by the others.
+        """
         ...
 
 
@@ -62,12 +75,21 @@ class MbpEstimator:
         self.name = name
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
         start = time.perf_counter()
         q = None if quality is None else torch.from_numpy(np.asarray(quality, dtype=np.float64))
         options = replace(self.options, threshold_px=threshold_px)
-        res = ransac_essential(torch.from_numpy(x0), torch.from_numpy(x1), threshold_px / focal, options, quality=q)
+        scales = None if side is None else keypoint_scales(side)
+        res = ransac_essential(
+            torch.from_numpy(x0), torch.from_numpy(x1), threshold_px / focal, options, quality=q, keypoint_scales=scales
+        )
         elapsed = _timed(start)
         if res.R is None or res.t is None:
             return PoseOutcome(None, None, res.inliers.numpy(), res.status, elapsed)
@@ -87,7 +109,13 @@ class OpenCVEstimator:
         self.max_iters = max_iters
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
         cv2 = self._cv2
         start = time.perf_counter()
@@ -124,7 +152,13 @@ class PoseLibEstimator:
         self._poselib = poselib
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
         camera = {"model": "PINHOLE", "width": 0, "height": 0, "params": [focal, focal, 0.0, 0.0]}
         start = time.perf_counter()
@@ -151,7 +185,13 @@ class PycolmapEstimator:
         self._pycolmap = pycolmap
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
         pc = self._pycolmap
         camera = pc.Camera(model="PINHOLE", width=1, height=1, params=[focal, focal, 0.0, 0.0])
@@ -192,7 +232,13 @@ class PymagsacEstimator:
         self.max_iters = max_iters
 
     def estimate(
-        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, quality: np.ndarray | None = None
+        self,
+        x0: np.ndarray,
+        x1: np.ndarray,
+        focal: float,
+        threshold_px: float,
+        quality: np.ndarray | None = None,
+        side: Mapping[str, np.ndarray] | None = None,
     ) -> PoseOutcome:
         start = time.perf_counter()
         p0, p1 = x0 * focal, x1 * focal

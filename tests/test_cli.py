@@ -395,9 +395,19 @@ def pose_runs(tmp_path_factory):
     runs = {
         "main": estimate_args(REL0, REL1, "--json", "--save-viz", str(viz), "--save-matches", str(matches)),
         "quiet": estimate_args(REL0, REL1, "--json", "--quiet"),
-        # also --basin-hops: the sample pair's wide view is well conditioned, so the pose stays the same
+        # also --basin-hops and --no-scale-noise: the sample pair is well conditioned, the pose stays within 0.1 deg
         "variant": estimate_args(
-            REL0, REL1, "--json", "--quiet", "--K0", str(k_file), "--K1", inline, "--basin-hops", K=None
+            REL0,
+            REL1,
+            "--json",
+            "--quiet",
+            "--K0",
+            str(k_file),
+            "--K1",
+            inline,
+            "--basin-hops",
+            "--no-scale-noise",
+            K=None,
         ),
     }
     procs = {name: (start_real(args), args) for name, args in runs.items()}
@@ -505,6 +515,7 @@ def test_calibration_matrix_file_and_inline(pose_runs):
     assert direction_error_deg(t, np.array(ref["t"])) < 0.1
     assert doc["config"]["ransac"]["basin_hops"] == [0.05, 0.1, 0.2] and ref["config"]["ransac"]["basin_hops"] == []
     assert "basin_hopping" in doc["timings_ms"] and "basin_hopping" not in ref["timings_ms"]
+    assert doc["config"]["ransac"]["scale_noise"] is False and ref["config"]["ransac"]["scale_noise"] is True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ from mbp_cli.io.images import load_image
 from mbp_cli.io.output import atomic_write_bytes
 from mbp_cli.matching import create_matcher
 
-# Side information stored per SIFT match (see mbp_cli.matching.types.Matches).
-SIFT_SIDE = ("ratio", "scale_ratio", "orientation_diff")
+# Side information stored per SIFT match (see mbp_cli.matching.types.Matches). A cache file without one of them
+# (written before it was stored) is rebuilt.
+SIFT_SIDE = ("ratio", "scale_ratio", "orientation_diff", "scale0", "scale1")
 
 
 def default_cache_dir() -> Path:
@@ -113,6 +114,15 @@ def _write(path: Path, scene: str, matcher_name: str, pairs: list[PairMatches]) 
     buffer = io.BytesIO()
     np.savez_compressed(buffer, index=json.dumps(index), **arrays)
     atomic_write_bytes(path, buffer.getvalue())  # a killed run leaves no half-written cache
+
+
+def _is_complete(path: Path) -> bool:
+    """Whether a cache file exists and stores every side quantity of :data:`SIFT_SIDE` (reads only its index)."""
+    if not path.is_file():
+        return False
+    with np.load(path, allow_pickle=False) as data:
+        stored = {k.rsplit("_", 1)[0] for k in data.files if k != "index"}
+    return not stored or set(SIFT_SIDE) <= stored  # a scene without pairs stores no arrays
 
 
 def _read(path: Path) -> list[PairMatches]:
@@ -225,7 +235,7 @@ def build_scene_matches(
     scene_dir = Path(scene_dir)
     matchers = {r: create_matcher(matcher, num_features=num_features, ratio=r) for r in ratios}
     paths = {r: cache_path(cache_dir, scene_dir.name, m.name) for r, m in matchers.items()}
-    missing = sorted((r for r in ratios if not paths[r].is_file()), reverse=True)
+    missing = sorted((r for r in ratios if not _is_complete(paths[r])), reverse=True)
     if not missing:
         return paths
     scene = read_scene(scene_dir)

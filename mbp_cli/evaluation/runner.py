@@ -305,7 +305,7 @@ class PairEvaluator:
         estimate_matches(matches, task.camera0, task.camera1, self.settings.config)
         x0, x1, focal, quality = self._normalized(matches, task)
         for estimator, threshold in self.baselines.values():
-            estimator.estimate(x0, x1, focal, threshold, quality)
+            estimator.estimate(x0, x1, focal, threshold, quality, matches.side)
 
     @staticmethod
     def _normalized(matches: Any, task: PairTask) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
@@ -334,7 +334,7 @@ class PairEvaluator:
             row: dict[str, Any] = {"status": "no_model", "R": None, "t": None, "num_inliers": 0, "time_ms": 0.0}
             if inputs is not None:
                 x0, x1, focal, quality = inputs
-                out = estimator.estimate(x0, x1, focal, threshold, quality)
+                out = estimator.estimate(x0, x1, focal, threshold, quality, matches.side)
                 row.update(
                     status=out.status,
                     R=_rounded(out.R),

@@ -253,14 +253,17 @@ def match_features(features0: Features, features1: Features, ratio: float, mutua
         matcher: the name stored in ``Matches.matcher``.
 
     Returns:
-        Matches with side ``ratio`` (d1/d2), ``scale_ratio`` (s1/s0) and ``orientation_diff`` (o1 - o0 wrapped to
-        (-pi, pi]), all (M,) float64.
+        Matches with side ``ratio`` (d1/d2), ``scale_ratio`` (s1/s0), ``orientation_diff`` (o1 - o0 wrapped to
+        (-pi, pi]) and the keypoint scales ``scale0`` (s0) and ``scale1`` (s1), all (M,) float64.
     """
     idx0, idx1, ratios = match_descriptors(features0.descriptors, features1.descriptors, ratio, mutual)
+    scale0, scale1 = features0.scales[idx0], features1.scales[idx1]
     side = {
         "ratio": ratios,
-        "scale_ratio": features1.scales[idx1] / features0.scales[idx0],
+        "scale_ratio": scale1 / scale0,
         "orientation_diff": wrap_angle(features1.orientations[idx1] - features0.orientations[idx0]),
+        "scale0": scale0,
+        "scale1": scale1,
     }
     return Matches(features0.keypoints[idx0], features1.keypoints[idx1], side, matcher)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -17,7 +19,8 @@ class Matches:
         keypoints1: (N, 2) float64 pixel coordinates in image 1, same convention.
         side: per-match side information, each a (N,) float64 tensor. SIFT matchers give ``ratio``
             (Lowe ratio, 1st/2nd nearest-neighbour descriptor distance, in [0, 1]), ``scale_ratio``
-            (``s1 / s0``) and ``orientation_diff`` (radians, wrapped to (-pi, pi]); LoFTR gives ``confidence``.
+            (``s1 / s0``), ``orientation_diff`` (radians, wrapped to (-pi, pi]) and the keypoint scales ``scale0``
+            and ``scale1`` (full-resolution pixels, in the backend's unit); LoFTR gives ``confidence``.
         matcher: name of the matcher and its settings, for reports.
     """
 
@@ -37,3 +40,11 @@ class Matches:
             {k: v[index] for k, v in self.side.items()},
             self.matcher,
         )
+
+
+def keypoint_scales(side: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The detection scales ``(scale0, scale1)`` of the matched keypoints, each (N,) float64, from a matcher's side
+    information (tensors or arrays); None when the matcher gives none (LoFTR)."""
+    if "scale0" not in side or "scale1" not in side:
+        return None
+    return torch.as_tensor(side["scale0"]).double(), torch.as_tensor(side["scale1"]).double()

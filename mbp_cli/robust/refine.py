@@ -47,15 +47,44 @@ class RefineOptions:
     cost_tol: float = 1e-6
 
 
-def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+# Relative localisation noise (sigma0, sigma1) of each correspondence's keypoints, each (N,): see keypoint_noise.
+KeypointNoise = tuple[torch.Tensor, torch.Tensor]
+
+
+def keypoint_noise(scale0: torch.Tensor, scale1: torch.Tensor) -> KeypointNoise:
+    """Relative localisation noise of matched keypoints from their detection scales: ``sigma ∝ scale``.
+
+    A detector localises a blob to a fraction of its scale, so a keypoint found at a coarse scale is less precise
+    than a fine one. Both (N,) scales are divided by their joint median: a median-scale keypoint keeps unit noise,
+    so residuals stay in pixels at the median and the robust scale keeps its meaning (and the scales' unit, which
+    differs between SIFT backends, cancels).
+
+    Returns:
+        ``(sigma0, sigma1)``, each (N,), positive.
+    """
+    both = torch.cat([scale0, scale1])
+    if both.numel() == 0:
+        return scale0, scale1
+    median = both.median().clamp_min(1e-12)
+    floor = 1e-3  # a zero or negative scale (never from a detector) must not give an infinite weight
+    return (scale0 / median).clamp_min(floor), (scale1 / median).clamp_min(floor)
+
+
+def epipolar_design(x0: torch.Tensor, x1: torch.Tensor, noise: KeypointNoise | None = None) -> torch.Tensor:
     """The linear maps from ``vec(E)`` (row-major) to the five quantities of the Sampson distance.
 
     For each correspondence n, ``P[:, n] @ vec(E)`` gives ``(x1^T E x0, (E x0)_1, (E x0)_2, (E^T x1)_1,
     (E^T x1)_2)``; the signed Sampson residual is the first divided by the norm of the other four.
     Precomputing P turns every residual and Jacobian evaluation of the LM loop into one matrix product.
 
+    With keypoint ``noise`` ``(sigma0, sigma1)``, the two derivatives with respect to image 1's point are scaled by
+    ``sigma1`` and those with respect to image 0's by ``sigma0``, so the residual becomes the Sampson distance of
+    heteroscedastic noise, ``x1^T E x0 / sqrt(sigma1^2 |(E x0)_12|^2 + sigma0^2 |(E^T x1)_12|^2)``: a first-order
+    error in units of each correspondence's own noise.
+
     Args:
         x0, x1: (N, 2) normalized points.
+        noise: optional ``(sigma0, sigma1)``, each (N,), from :func:`keypoint_noise`.
 
     Returns:
         (5, N, 9) design tensor, quantity-major so that each quantity is a contiguous (N, H) block.
@@ -69,6 +98,10 @@ def epipolar_design(x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
     P[2, :, 1] = X0
     P[3, :, :, 0] = X1
     P[4, :, :, 1] = X1
+    if noise is not None:
+        sigma0, sigma1 = noise
+        P[1:3] *= sigma1.to(P)[:, None, None]
+        P[3:5] *= sigma0.to(P)[:, None, None]
     return P.reshape(5, N, 9)
 
 
@@ -199,13 +232,14 @@ def normal_matrix(
     scale: float,
     loss: str = "cauchy",
     point_weights: torch.Tensor | None = None,
+    noise: KeypointNoise | None = None,
 ) -> torch.Tensor:
     """The robust LM's IRLS normal matrix ``J^T diag(w rho') J`` (H, 5, 5) at poses R (H, 3, 3), t (H, 3).
 
     Its eigenvectors of small eigenvalues are the directions in which the fit is weakly constrained: with a narrow
-    field of view, the rotation-translation (bas-relief) ambiguity.
+    field of view, the rotation-translation (bas-relief) ambiguity. ``noise`` as in :func:`refine_pose`.
     """
-    r, J = _linearize(_frames(R, t), epipolar_design(x0, x1))
+    r, J = _linearize(_frames(R, t), epipolar_design(x0, x1, noise))
     w = robust_cost_and_weights(r * r, scale, loss)[1]
     if point_weights is not None:
         w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
@@ -220,6 +254,7 @@ def refine_pose(
     scale: float,
     options: RefineOptions = RefineOptions(),
     point_weights: torch.Tensor | None = None,
+    noise: KeypointNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Robust Levenberg–Marquardt on the essential manifold, batched over poses.
 
@@ -230,6 +265,8 @@ def refine_pose(
         options: iteration count, loss and tolerances.
         point_weights: optional (H, N) or (N,) non-negative weights multiplying each point's cost (e.g. an
             inlier mask for local optimisation).
+        noise: optional relative keypoint noise ``(sigma0, sigma1)``, each (N,) (:func:`keypoint_noise`): the
+            residuals become the heteroscedastic Sampson distances of :func:`epipolar_design`.
 
     Returns:
         R: (H, 3, 3), t: (H, 3) unit, and the final robust cost (H,). A step is only taken where it lowers the
@@ -238,7 +275,7 @@ def refine_pose(
     t = t / t.norm(dim=-1, keepdim=True)
     H = R.shape[0]
     pw = None if point_weights is None else point_weights.to(R.dtype).expand(H, x0.shape[0]).T  # (N, H)
-    design = epipolar_design(x0, x1)
+    design = epipolar_design(x0, x1, noise)
     # frames[:, 0] = R, frames[:, 1] = T = [b1, b2, t]: both updated by one batched product per step.
     frames = _frames(R, t)
 

@@ -34,7 +34,8 @@ def test_stricter_ratio_is_the_subset_of_the_looser_and_equals_direct_matching(c
     assert (first.image0, first.image1) == (a, b) and first.matcher == matcher.name
     np.testing.assert_array_equal(first.x0, scene.camera_of(a).pixels_to_normalized(direct.keypoints0).numpy())
     np.testing.assert_array_equal(first.side["ratio"], direct.side["ratio"].numpy())
-    np.testing.assert_array_equal(first.side["scale_ratio"], direct.side["scale_ratio"].numpy())
+    for key in ("scale_ratio", "scale0", "scale1"):
+        np.testing.assert_array_equal(first.side[key], direct.side[key].numpy())
     keep = loose[0].side["ratio"] < 0.8
     np.testing.assert_array_equal(loose[0].x1[keep], first.x1)
     assert len(loose[0]) > len(first)
@@ -49,6 +50,18 @@ def test_a_cached_setting_is_read_not_rebuilt(cache):
     pairs = load_scene_matches(KERMIT, 0.8, cache_dir=cache)
     assert path.stat().st_mtime_ns == before and len(pairs) == 22
     assert torch.is_tensor(torch.from_numpy(pairs[0].x0))
+
+
+def test_a_cache_without_the_keypoint_scales_is_rebuilt(cache, tmp_path):
+    """A cache written before the side information held the keypoint scales is stale: it is matched again."""
+    name = create_matcher("sift", ratio=0.8).name
+    fresh = np.load(cache_path(cache, "kermit", name))
+    stale = cache_path(tmp_path, "kermit", name)
+    stale.parent.mkdir(parents=True)
+    np.savez(stale, **{k: fresh[k] for k in fresh.files if not k.startswith(("scale0_", "scale1_"))})
+    pairs = load_scene_matches(KERMIT, 0.8, cache_dir=tmp_path)
+    assert {"scale0", "scale1"} <= set(pairs[0].side)
+    np.testing.assert_array_equal(pairs[0].side["scale0"], fresh["scale0_0"])
 
 
 def test_scene_dirs_names_unknown_scenes():

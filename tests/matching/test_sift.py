@@ -74,11 +74,13 @@ def _check_matches(m: Matches, shape0: tuple[int, int], shape1: tuple[int, int],
     n = len(m)
     assert m.keypoints0.shape == (n, 2) and m.keypoints1.shape == (n, 2)
     assert m.keypoints0.dtype == torch.float64 and m.keypoints1.dtype == torch.float64
-    assert set(m.side) == {"ratio", "scale_ratio", "orientation_diff"}
+    assert set(m.side) == {"ratio", "scale_ratio", "orientation_diff", "scale0", "scale1"}
     for value in m.side.values():
         assert value.shape == (n,) and value.dtype == torch.float64 and torch.isfinite(value).all()
     assert ((m.side["ratio"] >= 0) & (m.side["ratio"] < ratio)).all()
     assert (m.side["scale_ratio"] > 0).all()
+    assert (m.side["scale0"] > 0).all() and (m.side["scale1"] > 0).all()
+    torch.testing.assert_close(m.side["scale_ratio"], m.side["scale1"] / m.side["scale0"])
     od = m.side["orientation_diff"]
     assert ((od > -math.pi) & (od <= math.pi)).all()
     for kp, (h, w) in ((m.keypoints0, shape0), (m.keypoints1, shape1)):

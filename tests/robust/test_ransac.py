@@ -128,7 +128,32 @@ def test_basin_hops_bring_a_pose_displaced_along_the_valley_back_to_the_optimum(
     r2 = sampson_squared(essential_from_pose(R_off, t_off), x0, x1)[0]
     score_off = float(robust_loss(options.scoring, r2, threshold).sum())
     near = r2 < (options.refine_margin * threshold) ** 2
-    R, t, score = _hop_basins(R_off, t_off, score_off, x0[near], x1[near], x0, x1, None, threshold, options)
+    R, t, score = _hop_basins(R_off, t_off, score_off, x0[near], x1[near], x0, x1, None, None, threshold, options)
     assert score < score_off - 1.0
     assert score == pytest.approx(best.score, abs=0.05)
     assert rotation_error_deg(R[0], best.R) < 0.05 and translation_error_deg(t[0], best.t) < 0.05
+
+
+def _scene_with_scale_noise(seed: int, focal: float = 1000.0):
+    """Correspondences whose keypoints are localised to a tenth of their detection scale (1 to 30 px, log-uniform)."""
+    scene = make_scene(num_points=200, outlier_ratio=0.2, focal=focal, seed=seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    scales = [torch.exp(torch.rand(200, generator=g, dtype=torch.float64) * math.log(30.0)) for _ in range(2)]
+    noisy = [
+        x + (s / 10.0 / focal)[:, None] * torch.randn(200, 2, generator=g, dtype=torch.float64)
+        for x, s in zip((scene.x0, scene.x1), scales, strict=True)
+    ]
+    return scene, noisy[0], noisy[1], (scales[0], scales[1]), 3.0 / focal
+
+
+def test_equal_keypoint_scales_change_nothing_and_bad_shapes_are_refused():
+    scene, x0, x1, scales, threshold = _scene_with_scale_noise(0)
+    plain = ransac_essential(x0, x1, threshold, RansacOptions())
+    equal = ransac_essential(x0, x1, threshold, RansacOptions(), keypoint_scales=(torch.full((200,), 4.0),) * 2)
+    off = ransac_essential(x0, x1, threshold, RansacOptions(scale_noise=False), keypoint_scales=scales)
+    for other in (equal, off):
+        assert torch.equal(other.R, plain.R) and torch.equal(other.t, plain.t)
+    aware = ransac_essential(x0, x1, threshold, RansacOptions(), keypoint_scales=scales)  # they reach the final LM
+    assert not torch.equal(aware.R, plain.R)
+    with pytest.raises(ValueError, match=r"keypoint_scales must be two \(200,\) tensors"):
+        ransac_essential(x0, x1, threshold, RansacOptions(), keypoint_scales=(scales[0][:10], scales[1]))

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from mbp_cli.robust.refine import (
     MIN_CURVATURE,
     RefineOptions,
     epipolar_design,
+    keypoint_noise,
     normal_matrix,
     normal_weights,
     perturb_pose,
@@ -206,3 +209,50 @@ def test_normal_matrix_is_the_weighted_gram_of_the_sampson_jacobian_and_shows_a_
         eigenvalues = torch.linalg.eigvalsh(normal_matrix(R[None], t[None], x0, x1, 1e-3)[0])
         conditions.append(float(eigenvalues[0] / eigenvalues[1]))
     assert conditions[1] < 0.1 < conditions[0]
+
+
+def test_keypoint_noise_is_proportional_to_scale_with_unit_median():
+    sigma0, sigma1 = keypoint_noise(torch.tensor([1.0, 2.0, 4.0]), torch.tensor([8.0, 2.0, 0.0]))
+    torch.testing.assert_close(sigma0, torch.tensor([0.5, 1.0, 2.0]))
+    torch.testing.assert_close(sigma1, torch.tensor([4.0, 1.0, 1e-3]))  # a zero scale is floored, never infinite
+
+
+def test_noise_makes_the_residual_the_heteroscedastic_sampson_distance():
+    """With keypoint noise the residual is x1^T E x0 / sqrt(s1^2 |(E x0)_12|^2 + s0^2 |(E^T x1)_12|^2)."""
+    scene = make_scene(num_points=50, noise_px=1.0)
+    R0, t0 = _perturbed(scene)
+    g = torch.Generator().manual_seed(3)
+    sigma0, sigma1 = (0.5 + torch.rand(50, generator=g, dtype=torch.float64) for _ in range(2))
+    r, _ = sampson_residuals_and_jacobian(R0[None], t0[None], epipolar_design(scene.x0, scene.x1, (sigma0, sigma1)))
+    E = essential_from_pose(R0, t0)
+    X0 = torch.cat([scene.x0, torch.ones(50, 1, dtype=torch.float64)], 1)
+    X1 = torch.cat([scene.x1, torch.ones(50, 1, dtype=torch.float64)], 1)
+    Ex0, Etx1 = X0 @ E.T, X1 @ E
+    algebraic = (X1 * Ex0).sum(-1)
+    expected = algebraic / (sigma1**2 * Ex0[:, :2].square().sum(-1) + sigma0**2 * Etx1[:, :2].square().sum(-1)).sqrt()
+    torch.testing.assert_close(r[0], expected, rtol=1e-12, atol=1e-15)
+    plain, _ = sampson_residuals_and_jacobian(R0[None], t0[None], epipolar_design(scene.x0, scene.x1))
+    ones = torch.ones(50, dtype=torch.float64)
+    torch.testing.assert_close(
+        sampson_residuals_and_jacobian(R0[None], t0[None], epipolar_design(scene.x0, scene.x1, (ones, ones)))[0], plain
+    )
+
+
+def test_keypoint_noise_sharpens_the_fit_when_noise_follows_scale():
+    """Keypoints localised to a tenth of their detection scale (1-30 px, log-uniform): the heteroscedastic fit's
+    pose error is well below the equal-noise fit's (a near-quadratic loss, from the true pose, 8 scenes)."""
+    focal = 1000.0
+    errors = {"aware": [], "plain": []}
+    for seed in range(8):
+        scene = make_scene(num_points=150, focal=focal, seed=seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        scales = [torch.exp(torch.rand(150, generator=g, dtype=torch.float64) * math.log(30.0)) for _ in range(2)]
+        x0, x1 = (
+            x + (s / 10.0 / focal)[:, None] * torch.randn(150, 2, generator=g, dtype=torch.float64)
+            for x, s in zip((scene.x0, scene.x1), scales, strict=True)
+        )
+        for name, noise in (("aware", keypoint_noise(*scales)), ("plain", None)):
+            R, t, _ = refine_pose(scene.R[None], scene.t[None], x0, x1, 10.0 / focal, RefineOptions(), None, noise)
+            errors[name].append(float(rotation_error_deg(R[0], scene.R) + translation_error_deg(t[0], scene.t)))
+    aware, plain = (torch.tensor(errors[k]).mean() for k in ("aware", "plain"))
+    assert aware < 0.6 * plain, errors
