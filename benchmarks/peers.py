@@ -96,12 +96,12 @@ def _worker(task: tuple) -> list[dict]:
     warmed = False
     for i in indices:
         pair = data[i]
-        x0, x1, q = pair.x0, pair.x1, -pair.side["ratio"]
+        x0, x1 = pair.x0, pair.x1
         meta = {"image0": pair.image0, "image1": pair.image1, "focal": pair.focal}
         R_gt, t_gt = pair.R, pair.t
         if not warmed and len(x0) >= 5:
             for est in estimators.values():  # first calls pay one-off library set-up; keep it out of timings
-                est.estimate(x0, x1, meta["focal"], 1.0, q, pair.side)
+                est.estimate(x0, x1, meta["focal"], 1.0, pair.side)
             warmed = True
         for name, est in estimators.items():
             for thr in thresholds:
@@ -109,7 +109,7 @@ def _worker(task: tuple) -> list[dict]:
                     out_R = out_t = None
                     elapsed, status, n_in = 0.0, "no_model", 0
                 else:
-                    out = est.estimate(x0, x1, meta["focal"], thr, q, pair.side)
+                    out = est.estimate(x0, x1, meta["focal"], thr, pair.side)
                     out_R, out_t, elapsed, status, n_in = out.R, out.t, out.time_ms, out.status, int(out.inliers.sum())
                 err_R, err_t = pose_error_deg(out_R, out_t, R_gt, t_gt)
                 rows.append(

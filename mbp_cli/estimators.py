@@ -13,16 +13,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from mbp_cli.errors import MbpError
-from mbp_cli.matching.types import keypoint_scales
+from mbp_cli.matching.types import keypoint_scales, match_quality
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
 
 ESTIMATORS = ("mbp", "opencv", "poselib", "pycolmap", "pymagsac")
+# A matcher's per-match side information (Matches.side): tensors or arrays by name.
+Side = Mapping[str, Any]
 
 
 class MissingDependencyError(MbpError):
@@ -46,19 +48,13 @@ class PoseEstimator(Protocol):
     name: str
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         """Estimate from (N, 2) normalized points; ``threshold_px / focal`` is the normalized threshold.
 
-        ``quality`` (N,) orders the matches where a method uses an order (higher is better); ``side`` is the
-        matcher's per-match side information (:attr:`mbp_cli.matching.types.Matches.side`), used by the methods
-        that can (mbp: the keypoint scales), ignored by the others.
+        ``side`` is the matcher's per-match side information (:attr:`mbp_cli.matching.types.Matches.side`, tensors
+        or arrays): mbp orders its PROSAC samples by it (:func:`~mbp_cli.matching.types.match_quality`) and fits
+        each keypoint's noise by its scale; the baselines take the points alone.
         """
         ...
 
@@ -68,25 +64,18 @@ def _timed(start: float) -> float:
 
 
 class MbpEstimator:
-    """mbp's own torch RANSAC (classical path: PROSAC by quality when given, MAGSAC++, LO, LM)."""
+    """mbp's own torch RANSAC on its classical path: PROSAC by the matches' quality, MAGSAC++, LO, LM."""
 
     def __init__(self, options: RansacOptions = RansacOptions(), name: str = "mbp") -> None:
         self.options = options
         self.name = name
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         start = time.perf_counter()
-        q = None if quality is None else torch.from_numpy(np.asarray(quality, dtype=np.float64))
         options = replace(self.options, threshold_px=threshold_px)
-        scales = None if side is None else keypoint_scales(side)
+        q, scales = (None, None) if side is None else (match_quality(side), keypoint_scales(side))
         res = ransac_essential(
             torch.from_numpy(x0), torch.from_numpy(x1), threshold_px / focal, options, quality=q, keypoint_scales=scales
         )
@@ -109,13 +98,7 @@ class OpenCVEstimator:
         self.max_iters = max_iters
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         cv2 = self._cv2
         start = time.perf_counter()
@@ -152,13 +135,7 @@ class PoseLibEstimator:
         self._poselib = poselib
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         camera = {"model": "PINHOLE", "width": 0, "height": 0, "params": [focal, focal, 0.0, 0.0]}
         start = time.perf_counter()
@@ -185,13 +162,7 @@ class PycolmapEstimator:
         self._pycolmap = pycolmap
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         pc = self._pycolmap
         camera = pc.Camera(model="PINHOLE", width=1, height=1, params=[focal, focal, 0.0, 0.0])
@@ -232,13 +203,7 @@ class PymagsacEstimator:
         self.max_iters = max_iters
 
     def estimate(
-        self,
-        x0: np.ndarray,
-        x1: np.ndarray,
-        focal: float,
-        threshold_px: float,
-        quality: np.ndarray | None = None,
-        side: Mapping[str, np.ndarray] | None = None,
+        self, x0: np.ndarray, x1: np.ndarray, focal: float, threshold_px: float, side: Side | None = None
     ) -> PoseOutcome:
         start = time.perf_counter()
         p0, p1 = x0 * focal, x1 * focal

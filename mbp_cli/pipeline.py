@@ -24,6 +24,7 @@ from mbp_cli.geometry.solver import SAMPLE_SIZE
 from mbp_cli.io.calibration import Camera
 from mbp_cli.io.images import check_pair_distinct, is_textureless, load_image
 from mbp_cli.matching import MATCHERS, Matches, create_matcher
+from mbp_cli.matching.types import match_quality
 from mbp_cli.robust.ransac import RansacOptions
 
 if TYPE_CHECKING:
@@ -227,15 +228,6 @@ def create_network(config: EstimateConfig) -> ConsensusNetwork | None:
     return network.to(resolve_device(config.device))
 
 
-def match_quality(matches: Matches) -> torch.Tensor | None:
-    """Per-match quality for PROSAC ordering: minus the Lowe ratio (SIFT) or the confidence (LoFTR)."""
-    if "ratio" in matches.side:
-        return -matches.side["ratio"]
-    if "confidence" in matches.side:
-        return matches.side["confidence"]
-    return None
-
-
 def estimate_pair(
     image0: str | os.PathLike[str],
     image1: str | os.PathLike[str],
@@ -322,7 +314,7 @@ def estimate_matches(
         camera0,
         camera1,
         config.ransac,
-        quality=match_quality(matches),
+        quality=match_quality(matches.side),
         device=resolve_device(config.device),
         network=network,
         side=matches.side,

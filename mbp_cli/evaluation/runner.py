@@ -303,22 +303,19 @@ class PairEvaluator:
 
         self._warm = True
         estimate_matches(matches, task.camera0, task.camera1, self.settings.config)
-        x0, x1, focal, quality = self._normalized(matches, task)
+        x0, x1, focal = self._normalized(matches, task)
         for estimator, threshold in self.baselines.values():
-            estimator.estimate(x0, x1, focal, threshold, quality, matches.side)
+            estimator.estimate(x0, x1, focal, threshold, matches.side)
 
     @staticmethod
-    def _normalized(matches: Any, task: PairTask) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None]:
+    def _normalized(matches: Any, task: PairTask) -> tuple[np.ndarray, np.ndarray, float]:
         from mbp_cli.estimator import mean_focal
-        from mbp_cli.pipeline import match_quality
 
         assert task.camera0 is not None and task.camera1 is not None
-        quality = match_quality(matches)
         return (
             task.camera0.pixels_to_normalized(matches.keypoints0).numpy(),
             task.camera1.pixels_to_normalized(matches.keypoints1).numpy(),
             mean_focal(task.camera0, task.camera1),
-            None if quality is None else quality.numpy(),
         )
 
     def _errors(self, record: dict[str, Any], R: Any, t: Any, task: PairTask) -> None:
@@ -333,8 +330,8 @@ class PairEvaluator:
         for label, (estimator, threshold) in self.baselines.items():
             row: dict[str, Any] = {"status": "no_model", "R": None, "t": None, "num_inliers": 0, "time_ms": 0.0}
             if inputs is not None:
-                x0, x1, focal, quality = inputs
-                out = estimator.estimate(x0, x1, focal, threshold, quality, matches.side)
+                x0, x1, focal = inputs
+                out = estimator.estimate(x0, x1, focal, threshold, matches.side)
                 row.update(
                     status=out.status,
                     R=_rounded(out.R),

@@ -42,6 +42,16 @@ class Matches:
         )
 
 
+def match_quality(side: Mapping[str, Any]) -> torch.Tensor | None:
+    """Per-match quality for PROSAC ordering (higher is better) from a matcher's side information (tensors or
+    arrays): minus the Lowe ratio (SIFT) or the confidence (LoFTR); None when there is neither."""
+    if "ratio" in side:
+        return -torch.as_tensor(side["ratio"]).double()
+    if "confidence" in side:
+        return torch.as_tensor(side["confidence"]).double()
+    return None
+
+
 def keypoint_scales(side: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The detection scales ``(scale0, scale1)`` of the matched keypoints, each (N,) float64, from a matcher's side
     information (tensors or arrays); None when the matcher gives none (LoFTR)."""
