@@ -148,7 +148,7 @@ def main() -> None:
     tasks = []
     for ratio in ratios:
         for d, indices in spread_pair_chunks(scene_dirs(args.scenes_root, scenes), ratio, args.max_pairs_per_scene):
-            tasks.append((d, ratio, indices, None, str(weights[Path(d).name]), []))
+            tasks.append((d, ratio, indices, None, str(weights[Path(d).name]), [], {}))  # no budgets, default options
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
