@@ -121,7 +121,6 @@ def estimate_relative_pose(
         network_ms = (time.perf_counter() - start) * 1e3
     elif options.sampler == "gumbel":
         raise ValueError("the gumbel sampler draws by the network's scores; give a network or choose prosac/uniform")
-    scales = None if side is None else keypoint_scales(side)
     result = ransac_essential(
         x0,
         x1,
@@ -129,7 +128,7 @@ def estimate_relative_pose(
         options,
         quality=quality,
         refinement_weights=refinement_weights,
-        keypoint_scales=None if scales is None else (scales[0].to(device), scales[1].to(device)),
+        keypoint_scales=None if side is None else keypoint_scales(side),  # moved to the points' device there
     )
     timings = result.timings_ms if network_ms is None else {"network": network_ms, **result.timings_ms}
     n = int(p0.shape[0])

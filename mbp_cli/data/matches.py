@@ -121,14 +121,19 @@ def _is_complete(path: Path) -> bool:
     if not path.is_file():
         return False
     with np.load(path, allow_pickle=False) as data:
-        stored = {k.rsplit("_", 1)[0] for k in data.files if k != "index"}
+        stored = _stored_names(data.files)
     return not stored or set(SIFT_SIDE) <= stored  # a scene without pairs stores no arrays
+
+
+def _stored_names(files: list[str]) -> set[str]:
+    """The per-pair quantities of a cache file (``x0``, ``x1`` and the side names), from its ``<name>_<i>`` arrays."""
+    return {k.rsplit("_", 1)[0] for k in files if k != "index"}
 
 
 def _read(path: Path) -> list[PairMatches]:
     with np.load(path, allow_pickle=False) as data:
         index = json.loads(str(data["index"]))
-        side_names = sorted({k.rsplit("_", 1)[0] for k in data.files if k != "index"} - {"x0", "x1"})
+        side_names = sorted(_stored_names(data.files) - {"x0", "x1"})
         return [
             PairMatches(
                 index["scene"],
