@@ -8,6 +8,9 @@ refinement; each variant then fits the final pose from that same starting point,
 * ``lm-scale-0.5-keypoint-noise``: the product's LM (half-threshold Cauchy scale) on the heteroscedastic Sampson
   distance, each keypoint's noise proportional to its SIFT detection scale (``RansacOptions.scale_noise``);
 * ``lm-network-weights``: the product's LM with every match's cost multiplied by the network's inlier probability;
+* ``lm-scale-0.5-noise-a<a>-b<b>`` (one per ``--noise-models a,b``): the keypoint-noise LM with each keypoint's noise
+  ``scale^a * exp(b * lowe_ratio)`` instead of ``scale`` (a = 1, b = 0 is the product's; fitted values come from
+  ``noise_fit.py``);
 * ``oracle-1px`` / ``oracle-1px-from-gt``: LM on the **ground-truth inliers** (Sampson distance to the true E below
   1 px and in front of both cameras), from the RANSAC pose or from the true pose;
 * ``oracle-0.5px-from-gt``: the same with ground-truth inliers below 0.5 px.
@@ -52,8 +55,12 @@ VARIANTS = (
 )
 
 
+def noise_variant(a: float, b: float) -> str:
+    return f"lm-scale-0.5-noise-a{a:g}-b{b:g}"
+
+
 def _worker(task: tuple) -> list[dict]:
-    scene_dir, ratio, indices, model, weights = task
+    scene_dir, ratio, indices, model, weights, noise_models = task
     single_thread()
     import torch
 
@@ -78,7 +85,7 @@ def _worker(task: tuple) -> list[dict]:
         res = ransac_essential(x0, x1, thr, options, sampling_quality(logits, "gumbel"))
         row: dict = {"scene": pair.scene, "image0": pair.image0, "image1": pair.image1, "matches": len(pair)}
         if res.R is None or res.t is None:
-            rows.append({**row, **{v: 180.0 for v in VARIANTS}})
+            rows.append({**row, **{v: 180.0 for v in [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)]}})
             continue
         R_gt = torch.from_numpy(pair.R).double()
         t_gt = torch.from_numpy(pair.t).double()
@@ -111,6 +118,11 @@ def _worker(task: tuple) -> list[dict]:
                 "gt_inliers_1px": int(gt1.sum()),
             }
         )
+        scale0, scale1 = keypoint_scales(pair.side)
+        lowe = torch.from_numpy(pair.side["ratio"]).double()
+        for a, b in noise_models:
+            shared = torch.exp(b * lowe)
+            row[noise_variant(a, b)] = fit(ransac, near, 0.5 * thr, scales=(scale0**a * shared, scale1**a * shared))
         rows.append(row)
     return rows
 
@@ -126,10 +138,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="", help="appended to the result files' name")
+    parser.add_argument(
+        "--noise-models", default="", help="'a,b;a,b': extra keypoint-noise variants scale^a * exp(b * lowe_ratio)"
+    )
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
-    tasks = [(d, args.ratio, indices, args.model, args.weights) for d, indices in chunks]
+    noise_models = [tuple(float(v) for v in m.split(",")) for m in args.noise_models.split(";") if m]
+    tasks = [(d, args.ratio, indices, args.model, args.weights, noise_models) for d, indices in chunks]
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
@@ -139,7 +155,7 @@ def main() -> None:
         f"Final-fit variants and oracle inlier sets, Lowe ratio {args.ratio:g}, {len(rows)} pairs of "
         f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
         "",
-        *auc_rows(rows, list(VARIANTS), scenes, "variant"),
+        *auc_rows(rows, [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)], scenes, "variant"),
         "",
         f"Command: `{command}`",
         "",
