@@ -21,9 +21,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -31,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, save_result, single_thread, spread_pair_chunks  # noqa: E402
+from peers import CACHE, publish, scene_parser, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 
@@ -101,13 +98,8 @@ def fit_model(stats, model: str) -> dict:
 def main() -> None:
     import torch
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
-    parser.add_argument("--scenes", default="buddha,castle,fox,kitti01", help="training scenes of the shipped model")
-    parser.add_argument("--ratio", type=float, default=0.95)
-    parser.add_argument("--max-pairs-per-scene", type=int, default=100, help="0: all pairs")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    args = parser.parse_args()
+    # default: the shipped model's training scenes
+    args = scene_parser(__doc__.split("\n\n")[0], "buddha,castle,fox,kitti01", 0.95, 100).parse_args()
     single_thread()
     scenes = args.scenes.split(",")
     per_scene: dict[str, list] = {s: [] for s in scenes}
@@ -118,7 +110,6 @@ def main() -> None:
     stats = {s: torch.cat(parts) for s, parts in per_scene.items()}
     stats["pooled"] = torch.cat(list(stats.values()))
     rows = [{"scene": s, "model": m, **fit_model(x, m)} for s, x in stats.items() for m in MODELS]
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     lines = [
         f"Noise models fitted to the ground-truth epipolar residuals (inliers: Sampson < {GATE_PX:g} px to the true "
         f"pose, in front of both cameras), Lowe ratio {args.ratio:g}, Student t with {DOF:g} degrees of freedom; "
@@ -134,10 +125,7 @@ def main() -> None:
             f"{fits['scale']['a']:.2f} | {fits['scale-ratio']['nll']:.4f} | {fits['scale-ratio']['a']:.2f} | "
             f"{fits['scale-ratio']['b']:.2f} |"
         )
-    lines += ["", f"Command: `{command}`", ""]
-    text = "\n".join(lines)
-    save_result(args.out, f"noise_fit_ratio{args.ratio:g}", text, command, rows)
-    print(text)
+    publish(args.out, f"noise_fit_ratio{args.ratio:g}", lines, rows)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,30 @@ def auc_rows(rows: list[dict], keys: list[str], scenes: list[str], first_column:
     return lines
 
 
+def scene_parser(description: str, scenes: str, ratio: float, max_pairs_per_scene: int) -> argparse.ArgumentParser:
+    """The arguments every per-scene benchmark shares: scenes root and names, Lowe ratio, pairs per scene, output."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
+    parser.add_argument("--scenes", default=scenes, help="comma-separated scene names")
+    parser.add_argument("--ratio", type=float, default=ratio)
+    parser.add_argument("--max-pairs-per-scene", type=int, default=max_pairs_per_scene, help="0: all pairs")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    return parser
+
+
+def script_command() -> str:
+    """The command line that ran this benchmark script, relative to the repository (for its result files)."""
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
+
+
+def publish(out: Path, stem: str, lines: list[str], rows: list[dict]) -> None:
+    """Append the command to a result's markdown ``lines``, save it with the per-pair ``rows``, print it."""
+    command = script_command()
+    text = "\n".join([*lines, "", f"Command: `{command}`", ""])
+    save_result(out, stem, text, command, rows)
+    print(text)
+
+
 def save_result(out: Path, stem: str, text: str, command: str, rows: list[dict]) -> None:
     """``<stem>.md`` (the table) and ``<stem>.json`` (the command and every pair's result) under ``out``."""
     out.mkdir(parents=True, exist_ok=True)

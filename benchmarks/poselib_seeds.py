@@ -13,9 +13,6 @@ Writes ``poselib_seeds_ratio<r>.md`` and ``.json`` under ``--out``.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -26,20 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
+from peers import CACHE, auc_rows, publish, scene_parser, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.metrics import pose_auc, pose_error_deg  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
-    parser.add_argument("--scenes", default="dino,kermit,kitti06")
-    parser.add_argument("--ratio", type=float, default=0.95)
+    parser = scene_parser(__doc__.split("\n\n")[0], "dino,kermit,kitti06", 0.95, 150)
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--max-pairs-per-scene", type=int, default=150, help="0: all pairs")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     single_thread()
     import poselib
@@ -69,11 +61,7 @@ def main() -> None:
         "",
         f"Mean AUC@5 over the seeds: **{mean:.2f}**.",
     ]
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
-    lines += ["", f"Command: `{command}`", ""]
-    text = "\n".join(lines)
-    save_result(args.out, f"poselib_seeds_ratio{args.ratio:g}", text, command, rows)
-    print(text)
+    publish(args.out, f"poselib_seeds_ratio{args.ratio:g}", lines, rows)
 
 
 if __name__ == "__main__":
