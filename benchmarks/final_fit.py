@@ -8,6 +8,8 @@ refinement; each variant then fits the final pose from that same starting point,
 * ``lm-scale-0.5-keypoint-noise``: the product's LM (half-threshold Cauchy scale) on the heteroscedastic Sampson
   distance, each keypoint's noise proportional to its SIFT detection scale (``RansacOptions.scale_noise``);
 * ``lm-network-weights``: the product's LM with every match's cost multiplied by the network's inlier probability;
+* ``lm-keypoint-noise-network-weights``: the shipped final LM (half-threshold scale, keypoint noise) with the same
+  network weights;
 * ``lm-scale-0.5-noise-a<a>-b<b>`` (one per ``--noise-models a,b``): the keypoint-noise LM with each keypoint's noise
   ``scale^a * exp(b * lowe_ratio)`` instead of ``scale`` (a = 1, b = 0 is the product's; fitted values come from
   ``noise_fit.py``);
@@ -49,6 +51,7 @@ VARIANTS = (
     "lm-scale-0.5",
     "lm-scale-0.5-keypoint-noise",
     "lm-network-weights",
+    "lm-keypoint-noise-network-weights",
     "oracle-1px",
     "oracle-1px-from-gt",
     "oracle-0.5px-from-gt",
@@ -112,6 +115,9 @@ def _worker(task: tuple) -> list[dict]:
                 "lm-scale-0.5": fit(ransac, near, 0.5 * thr),
                 "lm-scale-0.5-keypoint-noise": fit(ransac, near, 0.5 * thr, scales=keypoint_scales(pair.side)),
                 "lm-network-weights": fit(ransac, near, thr, torch.sigmoid(logits.double())),
+                "lm-keypoint-noise-network-weights": fit(
+                    ransac, near, 0.5 * thr, torch.sigmoid(logits.double()), keypoint_scales(pair.side)
+                ),
                 "oracle-1px": fit(ransac, gt1, thr),
                 "oracle-1px-from-gt": fit((R_gt, t_gt), gt1, thr),
                 "oracle-0.5px-from-gt": fit((R_gt, t_gt), gt05, thr),

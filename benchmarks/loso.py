@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from network import AUC_THRESHOLDS, METHODS, _worker  # noqa: E402
 from peers import CACHE, save_result, spread_pair_chunks  # noqa: E402
+from settings import parse_variant  # noqa: E402
 
 from mbp_cli.data.matches import scene_dirs  # noqa: E402
 from mbp_cli.evaluation.summary import pose_metrics  # noqa: E402
@@ -89,7 +90,8 @@ def markdown(rows: list[dict], scenes: list[str], ratios: list[float], command: 
     lines = [
         f"Leave one scene out: per scene, a `{args.name}` network (width {args.width}, blocks {args.blocks}, "
         f"{args.steps} KL-initialisation steps) trained on the other {len(scenes) - 1} scenes, measured on the left-out "
-        "one; same SIFT matches for every method, default options (1 px). AUC@5 = exact integral (glue-factory's "
+        f"one; same SIFT matches for every method, options: {args.options or 'default'} (1 px). AUC@5 = exact "
+        "integral (glue-factory's "
         "`pose_auc`); time: median per pair, one thread, network included.",
         "",
     ]
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
     parser.add_argument("--train-workers", type=int, default=2, help="folds trained at once (one thread each)")
     parser.add_argument("--runs", type=Path, default=REPO / "benchmarks" / "runs" / "loso")
+    parser.add_argument("--options", default="", help="RansacOptions overrides of every mbp method, as settings.py's")
+    parser.add_argument("--suffix", default="", help="appended to the result files' name")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     scenes = args.scenes.split(",")
@@ -148,14 +152,15 @@ def main() -> None:
     tasks = []
     for ratio in ratios:
         for d, indices in spread_pair_chunks(scene_dirs(args.scenes_root, scenes), ratio, args.max_pairs_per_scene):
-            tasks.append((d, ratio, indices, None, str(weights[Path(d).name]), [], {}))  # no budgets, default options
+            fold_weights = str(weights[Path(d).name])
+            tasks.append((d, ratio, indices, None, fold_weights, [], parse_variant(args.options)))  # no budgets
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
     text = markdown(rows, scenes, ratios, command, args)
-    save_result(args.out, f"loso_{args.name}", text, command, rows)
+    save_result(args.out, f"loso_{args.name}{'_' + args.suffix if args.suffix else ''}", text, command, rows)
     print(text)
 
 

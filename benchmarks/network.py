@@ -66,7 +66,7 @@ def _load_network(model: str | None, weights: str | None):
     return load_weights(weights) if weights else load_model(model)
 
 
-def _network_logits(net, pair):
+def _network_logits(net, pair, probability_weights=False):
     """``((logits, fit weighting or None), milliseconds)`` of the network on one pair."""
     import torch
 
@@ -76,7 +76,8 @@ def _network_logits(net, pair):
     side = {k: torch.from_numpy(v) for k, v in pair.side.items()}
     inputs = network_inputs(torch.from_numpy(pair.x0), torch.from_numpy(pair.x1), side, net.config)
     logits = score_correspondences(net, inputs)
-    return (logits, fit_weighting(net, inputs, logits)), (time.perf_counter() - start) * 1e3
+    weighting = fit_weighting(net, inputs, logits, probability_weights)
+    return (logits, weighting), (time.perf_counter() - start) * 1e3
 
 
 def _run_mbp(pair, variant, scores, options):
@@ -123,7 +124,7 @@ def _worker(task: tuple) -> list[dict]:
     default = RansacOptions(**overrides)  # the product's defaults, with --options
     rows = []
     warm = pairs[indices[0]]
-    _network_logits(net, warm)  # one-off set-up out of the timings
+    _network_logits(net, warm, default.probability_weights)  # one-off set-up out of the timings
     poselib.estimate(warm.x0, warm.x1, warm.focal, 1.0)
     for i in indices:
         pair = pairs[i]
@@ -148,7 +149,7 @@ def _worker(task: tuple) -> list[dict]:
                     }
                 )
             continue
-        scores, network_ms = _network_logits(net, pair)
+        scores, network_ms = _network_logits(net, pair, default.probability_weights)
         for m in METHODS:
             if m == "poselib":
                 out = poselib.estimate(pair.x0, pair.x1, pair.focal, 1.0)
@@ -203,10 +204,11 @@ def stage_timing(scene_dir: Path, model: str | None, weights: str | None, num_ma
     keep = np.sort(np.random.default_rng(0).permutation(len(pair))[:num_matches])
     pair = pair.subset(keep)
     net = _load_network(model, weights)
-    _network_logits(net, pair)
+    weighted = RansacOptions().probability_weights
+    _network_logits(net, pair, weighted)
     out: dict = {"pair": f"{pair.scene}/{pair.image0}-{pair.image1}", "matches": len(pair), "repeats": repeats}
-    out["network_ms"] = float(np.median([_network_logits(net, pair)[1] for _ in range(repeats)]))
-    scores, _ = _network_logits(net, pair)
+    out["network_ms"] = float(np.median([_network_logits(net, pair, weighted)[1] for _ in range(repeats)]))
+    scores, _ = _network_logits(net, pair, weighted)
     for variant in ("mbp-gumbel", "mbp-prosac-ratio", "mbp-uniform"):
         runs = [_run_mbp(pair, variant, scores, RansacOptions(seed=s)) for s in range(repeats)]
         stages = sorted({k for r in runs for k in r[5]})

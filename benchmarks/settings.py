@@ -42,9 +42,9 @@ from mbp_cli.robust.refine import RefineOptions  # noqa: E402
 
 
 def parse_variant(text: str) -> dict:
-    """``"default"`` -> ``{}``; ``"lo_candidates=1,refine_scale=0.5"`` -> typed ``RansacOptions`` overrides."""
+    """``"default"`` (or nothing) -> ``{}``; ``"lo_candidates=1,refine_scale=0.5"`` -> typed ``RansacOptions`` overrides."""
     text = text.strip()
-    if text == "default":
+    if text in ("", "default"):
         return {}
     fields = {f.name: f for f in dataclasses.fields(RansacOptions)}
     refine_fields = {f.name for f in dataclasses.fields(RefineOptions)}
@@ -78,7 +78,7 @@ def _worker(task: tuple) -> list[dict]:
 
     from mbp_cli.matching.types import keypoint_scales
     from mbp_cli.metrics import pose_error_deg
-    from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
+    from mbp_cli.network.features import fit_weighting, network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import load_model, load_weights
     from mbp_cli.robust.ransac import ransac_essential
 
@@ -94,16 +94,19 @@ def _worker(task: tuple) -> list[dict]:
         side = {k: torch.from_numpy(v) for k, v in pair.side.items()}
         scales = keypoint_scales(side)
         start = time.perf_counter()
-        logits = score_correspondences(net, network_inputs(x0, x1, side, net.config), max_points=max_points)
+        inputs = network_inputs(x0, x1, side, net.config)
+        logits = score_correspondences(net, inputs, max_points=max_points)
         network_ms = (time.perf_counter() - start) * 1e3
         row: dict = {"scene": pair.scene, "image0": pair.image0, "image1": pair.image1, "num_matches": len(pair)}
         for name, opts in options.items():
             guided = opts.sampler != "uniform"
             quality = sampling_quality(logits, opts.sampler) if guided else None
+            weights = fit_weighting(net, inputs, logits, opts.probability_weights) if guided else None
+            threshold = opts.threshold_px / pair.focal
             if n == 0:  # one-off set-up (first calls of each code path) out of the timings
-                ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality, keypoint_scales=scales)
+                ransac_essential(x0, x1, threshold, opts, quality, refinement_weights=weights, keypoint_scales=scales)
             start = time.perf_counter()
-            res = ransac_essential(x0, x1, opts.threshold_px / pair.focal, opts, quality, keypoint_scales=scales)
+            res = ransac_essential(x0, x1, threshold, opts, quality, refinement_weights=weights, keypoint_scales=scales)
             row[f"{name} ms"] = (time.perf_counter() - start) * 1e3 + (network_ms if guided else 0.0)
             error = 180.0
             if res.R is not None and res.t is not None:

@@ -85,6 +85,14 @@ class EstimateOptions:
             "(heteroscedastic Sampson distance); matchers without scales (LoFTR) fit equal noise.",
         ),
     ] = True
+    probability_weights: Annotated[
+        bool,
+        typer.Option(
+            "--probability-weights/--no-probability-weights",
+            help="Weigh each match of the final fit by the consensus network's inlier probability (models without "
+            "a fit head; no effect with --no-network): +0.6 AUC@5 at Lowe ratio 0.95 leaving one scene out.",
+        ),
+    ] = True
     seed: Annotated[int, typer.Option(help="Random seed; equal seeds give equal results.")] = 0
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "cpu"
     network: Annotated[
@@ -128,6 +136,7 @@ class EstimateOptions:
             refine_scale=self.refine_scale,
             basin_hops=BASIN_HOPS if self.basin_hops else (),
             scale_noise=self.scale_noise,
+            probability_weights=self.probability_weights,
             seed=self.seed,
         )
         config = EstimateConfig(

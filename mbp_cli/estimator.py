@@ -89,7 +89,8 @@ def estimate_relative_pose(
             undistorted, normalized correspondences with their ``side`` information, and its scores drive the
             sampler: Gumbel top-k on ``logsigmoid(logits)`` (``options.sampler == "gumbel"``) or PROSAC ordered
             by the logits (``"prosac"``); ``uniform`` ignores them. Its time is ``timings_ms["network"]``.
-            A model with a fit head also weighs the final LM's correspondences (:func:`fit_weighting`).
+            A model with a fit head (or its probabilities, ``options.probability_weights``) also weighs the final
+            LM's correspondences (:func:`fit_weighting`).
         side: the matcher's per-match side information (:attr:`Matches.side`): the network's inputs (needed with a
             network) and, from SIFT, the keypoint scales that set each match's noise in the final fit
             (``options.scale_noise``).
@@ -117,7 +118,7 @@ def estimate_relative_pose(
         inputs = network_inputs(x0, x1, side_t, network.config)
         logits = score_correspondences(network, inputs, seed=options.seed)
         quality = sampling_quality(logits, options.sampler)
-        refinement_weights = fit_weighting(network, inputs, logits)
+        refinement_weights = fit_weighting(network, inputs, logits, options.probability_weights)
         network_ms = (time.perf_counter() - start) * 1e3
     elif options.sampler == "gumbel":
         raise ValueError("the gumbel sampler draws by the network's scores; give a network or choose prosac/uniform")

@@ -395,7 +395,8 @@ def pose_runs(tmp_path_factory):
     runs = {
         "main": estimate_args(REL0, REL1, "--json", "--save-viz", str(viz), "--save-matches", str(matches)),
         "quiet": estimate_args(REL0, REL1, "--json", "--quiet"),
-        # also --basin-hops and --no-scale-noise: the sample pair is well conditioned, the pose stays within 0.1 deg
+        # also --basin-hops, --no-scale-noise and --no-probability-weights: the sample pair is well conditioned,
+        # the pose stays within 0.1 deg
         "variant": estimate_args(
             REL0,
             REL1,
@@ -407,6 +408,7 @@ def pose_runs(tmp_path_factory):
             inline,
             "--basin-hops",
             "--no-scale-noise",
+            "--no-probability-weights",
             K=None,
         ),
     }
@@ -516,6 +518,8 @@ def test_calibration_matrix_file_and_inline(pose_runs):
     assert doc["config"]["ransac"]["basin_hops"] == [0.05, 0.1, 0.2] and ref["config"]["ransac"]["basin_hops"] == []
     assert "basin_hopping" in doc["timings_ms"] and "basin_hopping" not in ref["timings_ms"]
     assert doc["config"]["ransac"]["scale_noise"] is False and ref["config"]["ransac"]["scale_noise"] is True
+    assert doc["config"]["ransac"]["probability_weights"] is False
+    assert ref["config"]["ransac"]["probability_weights"] is True
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -128,13 +128,15 @@ def sampling_quality(logits: torch.Tensor, sampler: str) -> torch.Tensor | None:
 
 
 def fit_weighting(
-    model: ConsensusNetwork, inputs: torch.Tensor, logits: torch.Tensor
+    model: ConsensusNetwork, inputs: torch.Tensor, logits: torch.Tensor, probabilities: bool = False
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The final LM's correspondence weights from the model's fit head, as RANSAC's ``refinement_weights``.
+    """The final LM's correspondence weights from the network, as RANSAC's ``refinement_weights``.
 
     Args:
-        model: the network; None is returned when it has no fit head.
+        model: the network: its fit head gives the weights when it has one.
         inputs: (C, N) its inputs of the pair (:func:`network_inputs`); logits: (N,) its logits of the pair.
+        probabilities: without a fit head, weigh each correspondence by the network's inlier probability
+            ``sigmoid(logit)`` (``RansacOptions.probability_weights``); otherwise None is returned.
 
     Returns:
         A callable ``(near (N,) bool, residuals2 (M,)) -> (M,) weights`` (see
@@ -142,7 +144,14 @@ def fit_weighting(
     """
     head = model.fit_head
     if head is None:
-        return None
+        if not probabilities:
+            return None
+        probability = torch.sigmoid(logits.detach().double())
+
+        def probability_weights(near: torch.Tensor, residuals2: torch.Tensor) -> torch.Tensor:
+            return probability[near.to(probability.device)].to(residuals2)
+
+        return probability_weights
     kind = model.config.inputs
 
     def weights(near: torch.Tensor, residuals2: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,21 @@ def test_untrained_head_weighs_all_equally_and_leaves_the_estimate_unchanged():
     assert torch.allclose(plain.R, weighted.R, atol=1e-9) and torch.allclose(plain.t, weighted.t, atol=1e-9)
 
 
+def test_without_a_fit_head_the_network_probabilities_weigh_the_fit_only_when_asked():
+    g = torch.Generator().manual_seed(2)
+    config = NetworkConfig(width=8, blocks_before_graph=1, blocks_after_graph=1)
+    model = ConsensusNetwork(config).eval()
+    x0, x1 = torch.rand(50, 2, generator=g), torch.rand(50, 2, generator=g)
+    inputs = network_inputs(x0, x1, _sift_side(50, g), config)
+    logits = score_correspondences(model, inputs)
+    assert fit_weighting(model, inputs, logits) is None
+    weighting = fit_weighting(model, inputs, logits, probabilities=True)
+    near = torch.rand(50, generator=g) < 0.5
+    weights = weighting(near, torch.rand(int(near.sum()), dtype=torch.float64))
+    assert weights.dtype == torch.float64
+    assert torch.allclose(weights, torch.sigmoid(logits.double())[near])
+
+
 def test_refinement_weights_see_the_margin_set_and_steer_the_final_fit():
     scene = make_scene(num_points=300, outlier_ratio=0.2, noise_px=1.0, seed=5)
     threshold = 1.0 / scene.focal
