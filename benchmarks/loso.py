@@ -78,6 +78,8 @@ def train_fold(scene: str, scenes: list[str], args: argparse.Namespace) -> Path:
         args.blocks,
         "--steps",
         str(args.steps),
+        "--label-threshold",
+        str(args.label_threshold),
         "--val-pose-pairs",
         "0",
     ]
@@ -89,7 +91,7 @@ def train_fold(scene: str, scenes: list[str], args: argparse.Namespace) -> Path:
 def markdown(rows: list[dict], scenes: list[str], ratios: list[float], command: str, args: argparse.Namespace) -> str:
     lines = [
         f"Leave one scene out: per scene, a `{args.name}` network (width {args.width}, blocks {args.blocks}, "
-        f"{args.steps} KL-initialisation steps) trained on the other {len(scenes) - 1} scenes, measured on the left-out "
+        f"{args.steps} KL-initialisation steps, labels at {args.label_threshold:g} px) trained on the other {len(scenes) - 1} scenes, measured on the left-out "
         f"one; same SIFT matches for every method, options: {args.options or 'default'} (1 px). AUC@5 = exact "
         "integral (glue-factory's "
         "`pose_auc`); time: median per pair, one thread, network included.",
@@ -135,6 +137,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=32)
     parser.add_argument("--blocks", default="2,2,1")
     parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--label-threshold", type=float, default=2.0, help="GT inlier threshold of the labels, px")
     parser.add_argument("--max-pairs-per-scene", type=int, default=100, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
     parser.add_argument("--train-workers", type=int, default=2, help="folds trained at once (one thread each)")

@@ -34,7 +34,7 @@ from mbp_cli.network.consensus import ConsensusNetwork
 FORMAT = "mbp-consensus-network"
 FORMAT_VERSION = "1"
 # The best shipped model, used unless --model/--weights/--no-network say otherwise (see models/<name>.json).
-DEFAULT_MODEL = "sift-kl-w32-small"
+DEFAULT_MODEL = "sift-kl-w32-small-label1px"
 # The default model per kind of matches; a kind without one (LoFTR, for now) takes the classical path.
 DEFAULT_MODELS = {"sift": DEFAULT_MODEL}
 
