@@ -108,7 +108,7 @@ class RansacOptions:
         probability_weights: when a consensus network without a fit head guides the estimate, its inlier
             probabilities ``sigmoid(logit)`` multiply the final LM's robust costs
             (:func:`mbp_cli.network.features.fit_weighting`; read by the callers that run the network, which pass
-            the weights as ``refinement_weights``). With the shipped model, keypoint noise and the half-threshold
+            the weights as ``refinement_weights``). With ``sift-kl-w32-small``, keypoint noise and the half-threshold
             scale: +0.61 AUC@5 [+0.26, +1.01] at Lowe ratio 0.95 and +0.15 [−0.07, +0.40] at 0.8 leaving one scene
             out (seven folds, 582 pairs, the same folds on and off); on the held-out scenes +0.37 at 0.95 (seeds 0-2,
             every seed) and −0.01 at 0.8; on the training scenes +1.1 / +0.4; no time cost
