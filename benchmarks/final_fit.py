@@ -32,8 +32,6 @@ Writes ``final_fit_ratio<r>.md`` and ``.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
+from peers import CACHE, auc_rows, save_result, script_command, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 
@@ -60,6 +58,11 @@ VARIANTS = (
 
 def noise_variant(a: float, b: float) -> str:
     return f"lm-scale-0.5-noise-a{a:g}-b{b:g}"
+
+
+def variant_names(noise_models: list[tuple[float, float]]) -> list[str]:
+    """Every reported variant: the fixed ones, then one per ``--noise-models`` entry."""
+    return [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)]
 
 
 def _worker(task: tuple) -> list[dict]:
@@ -88,7 +91,7 @@ def _worker(task: tuple) -> list[dict]:
         res = ransac_essential(x0, x1, thr, options, sampling_quality(logits, "gumbel"))
         row: dict = {"scene": pair.scene, "image0": pair.image0, "image1": pair.image1, "matches": len(pair)}
         if res.R is None or res.t is None:
-            rows.append({**row, **{v: 180.0 for v in [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)]}})
+            rows.append({**row, **{v: 180.0 for v in variant_names(noise_models)}})
             continue
         R_gt = torch.from_numpy(pair.R).double()
         t_gt = torch.from_numpy(pair.t).double()
@@ -103,6 +106,8 @@ def _worker(task: tuple) -> list[dict]:
             return max(pose_error_deg(R[0].numpy(), t[0].numpy(), pair.R, pair.t))
 
         ransac = (res.R, res.t)
+        scales = keypoint_scales(pair.side)
+        probabilities = torch.sigmoid(logits.double())
         near = sampson_squared(essential_from_pose(res.R[None], res.t[None]), x0, x1)[0] < (3.0 * thr) ** 2
         r2_gt = sampson_squared(essential_from_pose(R_gt[None], t_gt[None]), x0, x1)[0]
         d0, d1 = triangulated_depths(R_gt[None], t_gt[None], x0, x1)
@@ -113,22 +118,19 @@ def _worker(task: tuple) -> list[dict]:
             {
                 "lm": fit(ransac, near, thr),
                 "lm-scale-0.5": fit(ransac, near, 0.5 * thr),
-                "lm-scale-0.5-keypoint-noise": fit(ransac, near, 0.5 * thr, scales=keypoint_scales(pair.side)),
-                "lm-network-weights": fit(ransac, near, thr, torch.sigmoid(logits.double())),
-                "lm-keypoint-noise-network-weights": fit(
-                    ransac, near, 0.5 * thr, torch.sigmoid(logits.double()), keypoint_scales(pair.side)
-                ),
+                "lm-scale-0.5-keypoint-noise": fit(ransac, near, 0.5 * thr, scales=scales),
+                "lm-network-weights": fit(ransac, near, thr, probabilities),
+                "lm-keypoint-noise-network-weights": fit(ransac, near, 0.5 * thr, probabilities, scales),
                 "oracle-1px": fit(ransac, gt1, thr),
                 "oracle-1px-from-gt": fit((R_gt, t_gt), gt1, thr),
                 "oracle-0.5px-from-gt": fit((R_gt, t_gt), gt05, thr),
                 "gt_inliers_1px": int(gt1.sum()),
             }
         )
-        scale0, scale1 = keypoint_scales(pair.side)
         lowe = torch.from_numpy(pair.side["ratio"]).double()
         for a, b in noise_models:
             shared = torch.exp(b * lowe)
-            row[noise_variant(a, b)] = fit(ransac, near, 0.5 * thr, scales=(scale0**a * shared, scale1**a * shared))
+            row[noise_variant(a, b)] = fit(ransac, near, 0.5 * thr, scales=tuple(s**a * shared for s in scales))
         rows.append(row)
     return rows
 
@@ -156,12 +158,12 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = script_command()
     lines = [
         f"Final-fit variants and oracle inlier sets, Lowe ratio {args.ratio:g}, {len(rows)} pairs of "
         f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
         "",
-        *auc_rows(rows, [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)], scenes, "variant"),
+        *auc_rows(rows, variant_names(noise_models), scenes, "variant"),
         "",
         f"Command: `{command}`",
         "",

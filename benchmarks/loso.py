@@ -17,8 +17,6 @@ Writes ``loso_<name>.md`` and ``.json`` under ``--out``; fold logs go to ``<runs
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from network import AUC_THRESHOLDS, METHODS, _worker  # noqa: E402
-from peers import CACHE, save_result, spread_pair_chunks  # noqa: E402
+from peers import CACHE, save_result, script_command, spread_pair_chunks  # noqa: E402
 from settings import parse_variant  # noqa: E402
 
 from mbp_cli.data.matches import scene_dirs  # noqa: E402
@@ -152,16 +150,16 @@ def main() -> None:
     with ThreadPoolExecutor(args.train_workers) as pool:
         weights = dict(zip(scenes, pool.map(lambda s: train_fold(s, scenes, args), scenes), strict=True))
     print(f"folds ready ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    overrides = parse_variant(args.options)
     tasks = []
     for ratio in ratios:
         for d, indices in spread_pair_chunks(scene_dirs(args.scenes_root, scenes), ratio, args.max_pairs_per_scene):
-            fold_weights = str(weights[Path(d).name])
-            tasks.append((d, ratio, indices, None, fold_weights, [], parse_variant(args.options)))  # no budgets
+            tasks.append((d, ratio, indices, None, str(weights[Path(d).name]), [], overrides))  # no budgets
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = script_command()
     text = markdown(rows, scenes, ratios, command, args)
     save_result(args.out, f"loso_{args.name}{'_' + args.suffix if args.suffix else ''}", text, command, rows)
     print(text)

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -41,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, single_thread, spread_pair_chunks  # noqa: E402
+from peers import CACHE, script_command, single_thread, spread_pair_chunks  # noqa: E402
 from settings import parse_variant  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
@@ -346,7 +344,7 @@ def main() -> None:
         if args.stage_matches
         else {}
     )
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = script_command()
     name = (model or Path(args.weights).stem) + ("" if args.options == "default" else "_" + args.options.split("=")[0])
     text = markdown(rows, ratios, budgets, stages, command, name, args.options)
     args.out.mkdir(parents=True, exist_ok=True)

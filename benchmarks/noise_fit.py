@@ -39,10 +39,11 @@ GATE_PX = 2.0
 
 def residual_statistics(scene_dir: Path, ratio: float, indices: list[int]):
     """(M, 6) float64 rows ``(e^2 in px^2, |(E x0)_12|^2, |(E^T x1)_12|^2, scale0, scale1, ratio)`` of the ground-truth
-    inliers of the given pairs; scales divided by each pair's median keypoint scale."""
+    inliers of the given pairs; scales divided by each pair's median keypoint scale (:func:`keypoint_noise`)."""
     import torch
 
-    from mbp_cli.geometry.essential import essential_from_pose, homogeneous, triangulated_depths
+    from mbp_cli.geometry.essential import essential_from_pose, triangulated_depths
+    from mbp_cli.robust.refine import epipolar_design, keypoint_noise
 
     pairs = load_scene_matches(scene_dir, ratio, cache_dir=CACHE)
     rows = []
@@ -53,16 +54,15 @@ def residual_statistics(scene_dir: Path, ratio: float, indices: list[int]):
         t = torch.from_numpy(pair.t).double()
         t = t / t.norm()
         E = essential_from_pose(R[None], t[None])[0]
-        X0, X1 = homogeneous(x0), homogeneous(x1)
-        Ex0, Etx1 = X0 @ E.T, X1 @ E
-        e = (X1 * Ex0).sum(1)
-        g1, g0 = Ex0[:, :2].square().sum(1), Etx1[:, :2].square().sum(1)
+        # (x1^T E x0, (E x0)_1, (E x0)_2, (E^T x1)_1, (E^T x1)_2) per correspondence, as the final LM sees them
+        e, *derivatives = epipolar_design(x0, x1) @ E.reshape(9)
+        g1 = derivatives[0].square() + derivatives[1].square()
+        g0 = derivatives[2].square() + derivatives[3].square()
         d0, d1 = triangulated_depths(R[None], t[None], x0, x1)
         inlier = (e.square() / (g0 + g1) < (GATE_PX / pair.focal) ** 2) & (d0[0] > 0) & (d1[0] > 0)
-        s0, s1 = (torch.from_numpy(pair.side[k]).double() for k in ("scale0", "scale1"))
-        median = torch.cat([s0, s1]).median()
+        s0, s1 = keypoint_noise(*(torch.from_numpy(pair.side[k]).double() for k in ("scale0", "scale1")))
         lowe = torch.from_numpy(pair.side["ratio"]).double()
-        stats = torch.stack([e.square() * pair.focal**2, g1, g0, s0 / median, s1 / median, lowe], 1)
+        stats = torch.stack([e.square() * pair.focal**2, g1, g0, s0, s1, lowe], 1)
         rows.append(stats[inlier])
     return torch.cat(rows) if rows else torch.zeros(0, 6, dtype=torch.float64)
 

@@ -281,7 +281,7 @@ def main() -> None:
             )
     print(file=sys.stderr)
     summary = summarize(rows, methods, thresholds)
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = script_command()
     text = markdown(summary, command, indexes[0][0].matcher if indexes[0] else args.matcher)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"peers_ratio{args.ratio:g}" + (f"_max{args.max_pairs_per_scene}" if args.max_pairs_per_scene else "")

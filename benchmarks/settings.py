@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shlex
 import statistics
 import sys
 import time
@@ -33,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, auc_rows, save_result, single_thread, spread_pair_chunks  # noqa: E402
+from peers import CACHE, auc_rows, save_result, script_command, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
@@ -139,7 +137,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO), *sys.argv[1:]])
+    command = script_command()
     names = [name for name, _ in variants]
     table = auc_rows(rows, names, scenes, "variant", digits=2)
     table[0] += " median ms |"
