@@ -152,7 +152,10 @@ def main() -> None:
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
-    noise_models = [tuple(float(v) for v in m.split(",")) for m in args.noise_models.split(";") if m]
+    try:
+        noise_models = [(float(a), float(b)) for a, b in (m.split(",") for m in args.noise_models.split(";") if m)]
+    except ValueError:
+        parser.error(f"--noise-models takes 'a,b;a,b' (numbers), got {args.noise_models!r}")
     tasks = [(d, args.ratio, indices, args.model, args.weights, noise_models) for d, indices in chunks]
     rows: list[dict] = []
     with ProcessPoolExecutor(args.workers) as pool:
