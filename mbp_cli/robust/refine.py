@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mbp_cli.geometry.essential import essential_from_pose, homogeneous, sampson_squared, tangent_basis
+from mbp_cli.geometry.essential import essential_from_pose, homogeneous, tangent_basis
 from mbp_cli.geometry.rotation import skew
 
 LOSSES = ("cauchy", "truncated", "huber")
@@ -340,6 +340,7 @@ def refine_pose_implicit(
     scale: float,
     point_weights: torch.Tensor,
     options: RefineOptions = RefineOptions(),
+    noise: KeypointNoise | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted robust LM whose result carries the implicit-function-theorem derivative w.r.t. the weights.
 
@@ -358,6 +359,7 @@ def refine_pose_implicit(
         scale: robust-loss scale in normalized units.
         point_weights: (N,) non-negative weights, the tensor to differentiate with respect to.
         options: the LM's options (``loss`` must be smooth: ``cauchy`` or ``huber``).
+        noise: optional relative keypoint noise, as in :func:`refine_pose` (the heteroscedastic Sampson distance).
 
     Returns:
         R: (3, 3), t: (3,) unit, differentiable with respect to ``point_weights``.
@@ -365,13 +367,15 @@ def refine_pose_implicit(
     if options.loss == "truncated":
         raise ValueError("the truncated loss has no derivative at the threshold; use cauchy or huber")
     with torch.no_grad():
-        R_opt, t_opt, _ = refine_pose(R[None], t[None], x0, x1, scale, options, point_weights.detach()[None])
+        R_opt, t_opt, _ = refine_pose(R[None], t[None], x0, x1, scale, options, point_weights.detach()[None], noise)
     R_opt, t_opt = R_opt[0].to(point_weights.device), t_opt[0].to(point_weights.device)
-    x0, x1 = x0.to(R_opt), x1.to(R_opt)
+    design = epipolar_design(x0.to(R_opt), x1.to(R_opt), noise)
     weights = point_weights.to(R_opt.dtype)
 
     def cost(step: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        r2 = sampson_squared(essential_from_pose(*perturb_pose(R_opt, t_opt, step[None])), x0, x1)[0]
+        E = essential_from_pose(*perturb_pose(R_opt, t_opt, step[None]))[0]
+        quantities = design @ E.reshape(9)  # (5, N): the algebraic residual and the four derivatives
+        r2 = quantities[0] ** 2 / (quantities[1:] ** 2).sum(0).clamp_min(1e-30)
         return (robust_cost_and_weights(r2, scale, options.loss)[0] * w).sum()
 
     zero = torch.zeros(5, dtype=R_opt.dtype, device=R_opt.device)

@@ -102,10 +102,19 @@ def test_robust_weights_are_derivative_of_cost():
         robust_cost_and_weights(r2, 1.0, "l7")
 
 
-@pytest.mark.parametrize("loss", ["cauchy", "huber"])
-def test_implicit_refinement_gradient_matches_finite_differences_of_the_converged_lm(loss):
+@pytest.mark.parametrize(("loss", "with_noise"), [("cauchy", False), ("huber", False), ("cauchy", True)])
+def test_implicit_refinement_gradient_matches_finite_differences_of_the_converged_lm(loss, with_noise):
     """The IFT derivative of the weighted LM optimum w.r.t. the point weights equals re-running the LM."""
     scene = make_scene(num_points=80, noise_px=1.0, outlier_ratio=0.1, seed=3)
+    g = torch.Generator().manual_seed(2)
+    noise = (
+        keypoint_noise(
+            torch.rand(80, generator=g, dtype=torch.float64) + 0.5,
+            torch.rand(80, generator=g, dtype=torch.float64) + 0.5,
+        )
+        if with_noise
+        else None
+    )
     R0, t0 = _perturbed(scene, rot=0.004, trans=0.01)
     scale = 1.0 / scene.focal
     tight = RefineOptions(max_iterations=200, loss=loss, gradient_tol=0.0, step_tol=0.0, cost_tol=0.0)
@@ -116,8 +125,8 @@ def test_implicit_refinement_gradient_matches_finite_differences_of_the_converge
         return (torch.cat([R.flatten(), t]) * direction).sum()
 
     w = weights.clone().requires_grad_(True)
-    R, t = refine_pose_implicit(R0, t0, scene.x0, scene.x1, scale, w, tight)
-    R_ref, t_ref, _ = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, weights[None])
+    R, t = refine_pose_implicit(R0, t0, scene.x0, scene.x1, scale, w, tight, noise)
+    R_ref, t_ref, _ = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, weights[None], noise)
     assert torch.allclose(R.detach(), R_ref[0], atol=1e-10) and torch.allclose(t.detach(), t_ref[0], atol=1e-10)
     (gradient,) = torch.autograd.grad(objective(R, t), w)
     # The LM locates an optimum only to ~sqrt(machine epsilon) (a flat cost), so the differences need a step this
@@ -127,8 +136,8 @@ def test_implicit_refinement_gradient_matches_finite_differences_of_the_converge
     for i in (0, 7, 33, 79):
         bump = torch.zeros_like(weights)
         bump[i] = h
-        plus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights + bump)[None])
-        minus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights - bump)[None])
+        plus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights + bump)[None], noise)
+        minus = refine_pose(R0[None], t0[None], scene.x0, scene.x1, scale, tight, (weights - bump)[None], noise)
         numeric = (objective(plus[0][0], plus[1][0]) - objective(minus[0][0], minus[1][0])) / (2 * h)
         assert abs(float(gradient[i]) - float(numeric)) < 1e-3 * largest, (i, gradient[i], numeric)
 
