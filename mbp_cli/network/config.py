@@ -36,7 +36,8 @@ class NetworkConfig:
             scored together as one masked batch, so that the cost stays linear in the number of matches.
         norm_eps: epsilon of the instance and batch normalisations.
         fit_head_width: hidden width of the fit head (:mod:`mbp_cli.network.fit_head`), which weighs the
-            correspondences of the final LM; 0: no fit head (the final fit is the plain robust LM).
+            correspondences of the final LM; 0: no fit head (the network's
+            probabilities weigh the final fit, ``RansacOptions.probability_weights``).
     """
 
     inputs: str = "sift"

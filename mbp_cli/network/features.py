@@ -159,6 +159,6 @@ def fit_weighting(
         near = near.to(device)
         features = fit_features(inputs.to(device)[:, near], logits[near], residuals2.to(device), kind)
         with torch.inference_mode():
-            return head(features).to(residuals2.device)
+            return head(features, logits[near].double()).to(residuals2)
 
     return weights

@@ -2,7 +2,8 @@
 
 On pairs that RANSAC gets right, the pose error left is set by the final robust fit (``benchmarks/final_fit.py``):
 which of the near-threshold matches it trusts, and how much. The fit head gives every correspondence within the
-refinement margin a weight in (0, 1) that multiplies its Cauchy cost in the final LM. It sees what a robust loss
+refinement margin a weight in (0, 1) that multiplies its Cauchy cost in the final LM: the network's inlier
+probability, corrected. It sees what a robust loss
 cannot: the consensus network's logit, the matcher's side information and its consistency with the inliers
 (a keypoint whose scale ratio or orientation change disagrees with the rest is a worse-localised one), beside the
 residual itself at the RANSAC pose. It is trained through the LM's optimum by the implicit function theorem
@@ -82,10 +83,12 @@ def fit_features(
 
 
 class FitHead(nn.Module):
-    """Per-correspondence MLP from :func:`fit_features` to a weight logit (the weight is its sigmoid).
+    """Per-correspondence MLP from :func:`fit_features` to a correction of the consensus network's logit.
 
-    The last layer starts at zero, so an untrained head weighs every correspondence equally (0.5): the fit is
-    then exactly the plain robust LM, since the optimum does not change when all weights are scaled together.
+    The weight is ``sigmoid(logit + correction)``: the head learns where the fit should trust a match more or less
+    than the network's inlier probability, which is what weighs the final fit without a head
+    (``RansacOptions.probability_weights``). The last layer starts at zero, so an untrained head gives exactly the
+    probability weights and training starts from the product's fit.
     """
 
     def __init__(self, in_features: int, width: int) -> None:
@@ -96,6 +99,7 @@ class FitHead(nn.Module):
         nn.init.zeros_(self.layers[-1].weight)
         nn.init.zeros_(self.layers[-1].bias)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """(M, F) features -> (M,) weights in (0, 1)."""
-        return torch.sigmoid(self.layers(features)[:, 0])
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """(M, F) features and the network's (M,) logits of the same correspondences -> (M,) weights in (0, 1),
+        in the logits' dtype."""
+        return torch.sigmoid(logits + self.layers(features)[:, 0].to(logits.dtype))

@@ -6,12 +6,16 @@ on the **refined** pose:
 
 1. every pair of the training scenes, at Lowe ratios 0.8 and 0.95 (``--ratios``), runs mbp's RANSAC at the product's defaults
    (network-guided Gumbel sampling, MAGSAC++, local optimisation) without its final LM, once: the start pose and
-   the correspondences within the refinement margin, with their fit-head features, are kept;
-2. each step, the head weighs those correspondences, the product's final LM (Cauchy at ``refine_scale`` times the
-   threshold) runs to its optimum, and :func:`mbp_cli.robust.refine.refine_pose_implicit` gives the optimum's
-   derivative w.r.t. the weights by the implicit function theorem; the loss is the rotation plus the translation
-   angular error (degrees) to the ground truth, averaged over the batch's pairs. Pairs whose start is more than
-   ``--max-start-error`` degrees off are RANSAC failures the fit cannot mend, and are left out.
+   the correspondences within the refinement margin, with their fit-head features, network logits and keypoint
+   noise, are kept;
+2. each step, the head weighs those correspondences (the network's probability, corrected: an untrained head is
+   the product's fit), the product's final LM (Cauchy at ``refine_scale`` times the threshold, heteroscedastic
+   Sampson distances of the keypoints' noise) runs to its optimum, and
+   :func:`mbp_cli.robust.refine.refine_pose_implicit` gives the optimum's derivative w.r.t. the weights by the
+   implicit function theorem; the loss (``--loss``) is the rotation plus the translation angular error (degrees)
+   to the ground truth, or the larger of the two capped at 5 degrees (``auc5``: its mean is exactly
+   ``5 (1 - AUC@5)``), averaged over the batch's pairs. Pairs whose start is more than ``--max-start-error``
+   degrees off are RANSAC failures the fit cannot mend, and are left out.
 
 Adam with a cosine learning-rate schedule for a fixed number of epochs (no early stopping: the validation scenes
 are only measured, each epoch, from the same kind of starts). Checkpoints are written atomically each epoch and a
@@ -20,8 +24,8 @@ run resumes from its checkpoint; the prepared starts are cached in the run folde
 Usage::
 
     python -m mbp_cli.training.final_fit --scenes-root ../shared/data/scenes --train buddha,castle,fox,kitti01 \\
-        --val dino,kermit,kitti06 --cache-dir benchmarks/cache/matches --base sift-kl-w32-small \\
-        --name sift-kl-w32-small-fit
+        --val dino,kermit,kitti06 --cache-dir benchmarks/cache/matches --base sift-kl-w32-small-label1px \\
+        --name sift-kl-w32-small-label1px-fit
 """
 
 from __future__ import annotations
@@ -44,13 +48,14 @@ from mbp_cli.geometry.essential import (
     sampson_squared,
     translation_error_deg,
 )
+from mbp_cli.matching.types import keypoint_scales
 from mbp_cli.metrics import pose_auc
 from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
 from mbp_cli.network.fit_head import FitHead, fit_feature_names, fit_features
 from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-from mbp_cli.robust.refine import refine_pose, refine_pose_implicit
+from mbp_cli.robust.refine import KeypointNoise, keypoint_noise, refine_pose, refine_pose_implicit
 from mbp_cli.training.init import atomic_torch_save, cosine_schedule, restore_checkpoint, start_recipe
 
 
@@ -63,6 +68,8 @@ class FitPair:
     x0: torch.Tensor  # (M, 2) float64
     x1: torch.Tensor
     features: torch.Tensor  # (M, F) float32
+    logits: torch.Tensor  # (M,) float64, the consensus network's
+    noise: KeypointNoise | None  # the keypoints' relative localisation noise (SIFT), as the product's final LM
     R_start: torch.Tensor  # (3, 3)
     t_start: torch.Tensor  # (3,)
     R_gt: torch.Tensor
@@ -91,6 +98,8 @@ def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options:
     near = r2 < options.refine_margin**2
     if int(near.sum()) < 5:
         return None
+    scales = keypoint_scales(pair.side) if options.scale_noise else None
+    noise = None if scales is None else keypoint_noise(*(s.double()[near] for s in scales))
     R_gt = torch.from_numpy(pair.R).double()
     t_gt = torch.from_numpy(pair.t).double()
     t_gt = t_gt / t_gt.norm()
@@ -100,6 +109,8 @@ def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options:
         x0[near],
         x1[near],
         fit_features(inputs[:, near], logits[near], r2[near], network.config.inputs),
+        logits[near].double(),
+        noise,
         result.R,
         result.t,
         R_gt,
@@ -109,21 +120,43 @@ def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options:
     )
 
 
-def fitted_pose(pair: FitPair, head: FitHead | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The final LM's pose (no gradient), weighted by the head or unweighted (``head=None``)."""
-    weights = None
-    if head is not None:
-        with torch.no_grad():
-            weights = head(pair.features).double()[None]
-    R, t, _ = refine_pose(pair.R_start[None], pair.t_start[None], pair.x0, pair.x1, pair.scale, point_weights=weights)
+# How the final fit is weighed when it is measured (auc5): unweighted, by the network's probabilities (the
+# product without a head), or by the head.
+WEIGHINGS = ("plain_lm", "probability_weights", "fit_head")
+
+
+def fit_weights(pair: FitPair, weighing: str, head: FitHead | None) -> torch.Tensor | None:
+    """The final LM's (M,) weights of one pair for a weighing of :data:`WEIGHINGS` (differentiable for the head)."""
+    if weighing == "plain_lm":
+        return None
+    if weighing == "probability_weights":
+        return torch.sigmoid(pair.logits)
+    assert head is not None
+    return head(pair.features, pair.logits)
+
+
+def fitted_pose(pair: FitPair, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The product's final LM from the pair's start (no gradient)."""
+    weights = None if weights is None else weights.detach()[None]
+    R, t, _ = refine_pose(
+        pair.R_start[None], pair.t_start[None], pair.x0, pair.x1, pair.scale, point_weights=weights, noise=pair.noise
+    )
     return R[0], t[0]
 
 
-def auc5(pairs: Sequence[FitPair], head: FitHead | None) -> dict[str, float]:
+def pose_loss(errors_deg: torch.Tensor, loss: str) -> torch.Tensor:
+    """One pair's training loss from its (2,) rotation and translation errors in degrees (see the module doc)."""
+    if loss == "degrees":
+        return errors_deg.sum()
+    return errors_deg.max().clamp_max(5.0)
+
+
+def auc5(pairs: Sequence[FitPair], weighing: str, head: FitHead | None = None) -> dict[str, float]:
     """AUC@5 (percent) of the final fit over all pairs and per scene."""
     errors: dict[str, list[float]] = {}
     for p in pairs:
-        R, t = fitted_pose(p, head)
+        with torch.no_grad():
+            R, t = fitted_pose(p, fit_weights(p, weighing, head))
         errors.setdefault(p.scene, []).append(float(angular_errors_deg(R, t, p.R_gt, p.t_gt).max()))
     every = [e for v in errors.values() for e in v]
     out = {"all": round(100 * pose_auc(every, (5.0,))[0], 2)}
@@ -146,6 +179,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16, help="pairs per step")
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--loss", choices=("degrees", "auc5"), default="degrees", help="per-pair loss (module doc)")
     parser.add_argument("--max-start-error", type=float, default=10.0, help="degrees; worse starts are left out")
     parser.add_argument("--val-pairs-per-scene", type=int, default=150, help="0: all")
     parser.add_argument("--seed", type=int, default=0)
@@ -229,9 +263,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             batch = [train[i] for i in order[b : b + args.batch]]
             loss = torch.zeros((), dtype=torch.float64)
             for p in batch:
-                weights = head(p.features)
-                R, t = refine_pose_implicit(p.R_start, p.t_start, p.x0, p.x1, p.scale, weights)
-                loss = loss + angular_errors_deg(R, t, p.R_gt, p.t_gt).sum() / len(batch)
+                weights = head(p.features, p.logits)
+                R, t = refine_pose_implicit(p.R_start, p.t_start, p.x0, p.x1, p.scale, weights, noise=p.noise)
+                loss = loss + pose_loss(angular_errors_deg(R, t, p.R_gt, p.t_gt), args.loss) / len(batch)
             loss.backward()
             optimizer.step()
             schedule.step()
@@ -263,10 +297,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             chosen = [p for p in pairs if p.ratio == ratio]
             if not chosen:
                 continue
-            metrics[f"{split}_ratio{ratio:g}"] = {
-                "pairs": len(chosen),
-                "auc5_plain_lm": auc5(chosen, None),
-                "auc5_fit_head": auc5(chosen, head),
+            metrics[f"{split}_ratio{ratio:g}"] = {"pairs": len(chosen)} | {
+                f"auc5_{weighing}": auc5(chosen, weighing, head) for weighing in WEIGHINGS
             }
     print(json.dumps(metrics, indent=1))
 
@@ -293,9 +325,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             },
             "base_model": args.base,
             "final_fit_recipe": {
-                "what": "the consensus network of base_model, frozen; the fit head trained through the final LM's "
-                "optimum (implicit function theorem) with the loss rotation + translation error (degrees) of the "
-                "refined pose; starts: mbp's RANSAC at defaults without its final LM, Lowe ratios " + args.ratios,
+                "what": "the consensus network of base_model, frozen; the fit head (a correction of the network's "
+                "logit) trained through the final LM's optimum (implicit function theorem, keypoint noise) with the "
+                f"loss {args.loss!r} of the refined pose; starts: mbp's RANSAC at defaults without its final LM, "
+                "Lowe ratios " + args.ratios,
                 "training_scenes": train_names,
                 "training_starts": len(train),
                 "optimizer": f"Adam lr {args.lr} (cosine to 0), batch {args.batch} pairs, {args.epochs} epochs",
@@ -306,8 +339,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "history": history,
                 "command": command,
             },
-            "final_fit_validation_notes": "AUC@5 of the final LM from the same RANSAC starts, unweighted (the "
-            "base model's fit) and weighted by the head; validation scenes measured only, no model selection",
+            "final_fit_validation_notes": "AUC@5 of the final LM from the same RANSAC starts, unweighted, weighted "
+            "by the network's probabilities (the base model's fit) and by the head; validation scenes measured "
+            "only, no model selection",
             "final_fit_validation": metrics,
         }
     )

@@ -48,7 +48,7 @@ def test_orientation_deviation_is_measured_around_the_circle():
     assert float(features[:, -1].max()) < math.radians(1.5)
 
 
-def test_untrained_head_weighs_all_equally_and_leaves_the_estimate_unchanged():
+def test_untrained_head_gives_the_network_probabilities_and_the_same_estimate():
     scene = make_scene(num_points=200, outlier_ratio=0.3, noise_px=0.5, seed=4)
     g = torch.Generator().manual_seed(1)
     config = NetworkConfig(width=8, blocks_before_graph=1, blocks_after_graph=1, fit_head_width=8)
@@ -58,11 +58,19 @@ def test_untrained_head_weighs_all_equally_and_leaves_the_estimate_unchanged():
     weighting = fit_weighting(model, inputs, logits)
     assert weighting is not None
     near = torch.rand(200, generator=g) < 0.5
-    assert torch.equal(weighting(near, torch.rand(int(near.sum()))), torch.full((int(near.sum()),), 0.5))
+    weights = weighting(near, torch.rand(int(near.sum()), dtype=torch.float64))
+    assert weights.dtype == torch.float64
+    assert torch.allclose(weights, torch.sigmoid(logits.double())[near], atol=1e-12)
+    head_free = ConsensusNetwork(replace(config, fit_head_width=0)).eval()
+    head_free.load_state_dict(model.state_dict(), strict=False)
+    probabilities = fit_weighting(head_free, inputs, score_correspondences(head_free, inputs), probabilities=True)
     threshold = 1.0 / scene.focal
-    plain = ransac_essential(scene.x0, scene.x1, threshold, RansacOptions(seed=0))
-    weighted = ransac_essential(scene.x0, scene.x1, threshold, RansacOptions(seed=0), refinement_weights=weighting)
-    assert torch.allclose(plain.R, weighted.R, atol=1e-9) and torch.allclose(plain.t, weighted.t, atol=1e-9)
+    by_probability = ransac_essential(
+        scene.x0, scene.x1, threshold, RansacOptions(seed=0), refinement_weights=probabilities
+    )
+    by_head = ransac_essential(scene.x0, scene.x1, threshold, RansacOptions(seed=0), refinement_weights=weighting)
+    assert torch.allclose(by_probability.R, by_head.R, atol=1e-12)
+    assert torch.allclose(by_probability.t, by_head.t, atol=1e-12)
 
 
 def test_without_a_fit_head_the_network_probabilities_weigh_the_fit_only_when_asked():
@@ -109,8 +117,8 @@ def test_a_model_with_a_fit_head_round_trips_and_older_configs_still_load(tmp_pa
     save_weights(model, tmp_path / "m.safetensors")
     loaded = load_weights(tmp_path / "m.safetensors")
     assert loaded.config == config and loaded.fit_head is not None
-    features = torch.randn(7, len(fit_feature_names("sift")))
-    assert torch.equal(loaded.fit_head(features), model.fit_head(features))
+    features, logits = torch.randn(7, len(fit_feature_names("sift"))), torch.randn(7)
+    assert torch.equal(loaded.fit_head(features, logits), model.fit_head(features, logits))
     old = {k: v for k, v in config.to_dict().items() if k != "fit_head_width"}
     assert ConsensusNetwork(NetworkConfig.from_dict(old)).fit_head is None
 

@@ -32,7 +32,12 @@ def test_final_fit_recipe_trains_a_head_writes_a_loadable_model_and_resumes(matc
     assert float(model.fit_head.layers[-1].weight.detach().abs().sum()) > 0  # the head has moved off its uniform start
     card = json.loads((tmp_path / "models" / "kermit-fit.json").read_text())
     assert card["base_model"] == "sift-kl-w32-small" and card["final_fit_recipe"]["training_starts"] > 0
-    assert set(card["final_fit_validation"]["training_ratio0.8"]) == {"pairs", "auc5_plain_lm", "auc5_fit_head"}
+    assert set(card["final_fit_validation"]["training_ratio0.8"]) == {
+        "pairs",
+        "auc5_plain_lm",
+        "auc5_probability_weights",
+        "auc5_fit_head",
+    }
     capsys.readouterr()
     final_fit.main([*argv, "--epochs", "2"])  # one more epoch, from the checkpoint and the cached starts
     out = capsys.readouterr().out
