@@ -14,7 +14,8 @@ Data: the ratio-0.95 SIFT matches of the training scenes (a superset of the rati
 drawn it is restricted to its ratio-0.8 matches with probability 1/2, so that the network sees both regimes, and
 subsampled at random to at most ``--max-points`` correspondences (padded with a mask in the batch). AdamW with a
 cosine learning-rate schedule, gradient-norm clipping, seeded; a fixed number of steps (no early stopping: the
-validation scenes are only measured). Checkpoints are written atomically and a run resumes from its checkpoint.
+validation scenes are only measured). ``--augment-*`` transform each drawn pair as other cameras would have seen it
+(rolled, swapped, mirrored: :mod:`mbp_cli.training.augment`, labels exact). Checkpoints are written atomically and a run resumes from its checkpoint.
 
 Usage::
 
@@ -50,6 +51,7 @@ from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
 from mbp_cli.network.weights import file_sha256, save_weights, write_model_card
 from mbp_cli.robust.ransac import RansacOptions, ransac_essential
+from mbp_cli.training.augment import NO_AUGMENTATION, Augmentation, augment_inputs
 from mbp_cli.training.targets import bce_loss, gt_inlier_labels, gt_residuals, kl_loss, kl_target
 
 RATIO_ALL = 0.95
@@ -88,8 +90,14 @@ def make_batch(
     strict_probability: float,
     rng: random.Random,
     generator: torch.Generator,
+    augmentation: Augmentation = NO_AUGMENTATION,
+    channels: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A padded batch: inputs (B, C, M), mask (B, M), labels (B, M), KL targets (B, M)."""
+    """A padded batch: inputs (B, C, M), mask (B, M), labels (B, M), KL targets (B, M).
+
+    Each pair's inputs (with C ``channels``) are transformed by one draw of ``augmentation``
+    (:mod:`mbp_cli.training.augment`: the labels and residuals stay exact).
+    """
     chosen = []
     for p in pairs:
         keep = torch.arange(p.inputs.shape[1])
@@ -107,7 +115,7 @@ def make_batch(
     scales = torch.tensor([1.0 / p.focal for p in pairs])
     for b, (p, keep) in enumerate(zip(pairs, chosen, strict=True)):
         n = keep.numel()
-        inputs[b, :, :n] = p.inputs[:, keep]
+        inputs[b, :, :n] = augment_inputs(p.inputs[:, keep], channels, augmentation, rng)
         mask[b, :n] = True
         labels[b, :n] = p.labels[keep]
         residuals[b, :n] = p.residuals[keep]
@@ -258,6 +266,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--first-weight", type=float, default=0.5, help="weight of the first head's BCE")
     parser.add_argument("--label-threshold", type=float, default=2.0, help="GT inlier threshold, pixels")
     parser.add_argument("--strict-probability", type=float, default=0.5, help="chance of ratio-0.8 matches only")
+    parser.add_argument("--augment-roll", type=float, default=0.0, help="degrees: both cameras rolled by one angle")
+    parser.add_argument("--augment-relative-roll", type=float, default=0.0, help="degrees: camera 1 rolled further")
+    parser.add_argument("--augment-swap", action="store_true", help="exchange the images half the time")
+    parser.add_argument("--augment-mirror", action="store_true", help="mirror both images half the time")
     parser.add_argument("--val-pose-pairs", type=int, default=20, help="pairs per validation scene for AUC")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -284,6 +296,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = NetworkConfig(width=args.width, max_points=max(args.max_points, NetworkConfig.k), **blocks)
     except ValueError as exc:
         raise SystemExit(f"bad network configuration: {exc}") from None
+    try:
+        augmentation = Augmentation(
+            args.augment_roll, args.augment_relative_roll, args.augment_swap, args.augment_mirror
+        )
+    except ValueError as exc:
+        raise SystemExit(f"bad augmentation: {exc}") from None
     train_names = args.train.split(",")
     val_names = args.val.split(",")
     if set(train_names) & set(val_names):
@@ -318,7 +336,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     skipped = 0
     while step < args.steps:
         batch_pairs = [train[rng.randrange(len(train))] for _ in range(args.batch)]
-        batch = make_batch(batch_pairs, args.max_points, args.strict_probability, rng, generator)
+        batch = make_batch(
+            batch_pairs, args.max_points, args.strict_probability, rng, generator, augmentation, config.channels
+        )
         out = losses(model, batch, args.first_weight)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(out["total"]):
@@ -415,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "steps": args.steps,
             "batch_pairs": args.batch,
             "max_points": args.max_points,
+            "augmentation": augmentation.to_dict(),
             "seed": args.seed,
             "threads": args.threads,
             "train_seconds": round(train_seconds, 1),
