@@ -53,6 +53,8 @@ class RansacOptions:
             (README, Benchmarks).
         confidence: stop once a better model would have been found with this probability.
         min_iterations / max_iterations: bounds on the number of minimal samples.
+        ill_conditioned_iterations: when sampling would stop with a best model whose fit is ill-conditioned (as
+            for ``basin_hops``, by ``hop_condition``), it goes on to this many samples (0: never).
         batch_size: minimal samples solved together in one batched 5-point call. Batches of 64 (at least 64
             samples) gained AUC@5 0.8 / 1.3 on the training scenes at Lowe ratios 0.8 / 0.95 (fox: each batch's
             best models are polished, so more batches polish more candidates) but lost 0.8 / 0.6 on the held-out
@@ -120,6 +122,7 @@ class RansacOptions:
     threshold_px: float = 1.0
     confidence: float = 0.9999
     min_iterations: int = 128
+    ill_conditioned_iterations: int = 0
     max_iterations: int = 10_000
     batch_size: int = 128
     sampler: str = "uniform"
@@ -373,8 +376,20 @@ def _ransac(
     best_score = math.inf
     needed = float(options.max_iterations)
     iterations = models = lo_runs = 0
+    floor = options.min_iterations
     while iterations < options.max_iterations:
-        remaining = min(options.max_iterations, max(options.min_iterations, math.ceil(needed))) - iterations
+        remaining = min(options.max_iterations, max(floor, math.ceil(needed))) - iterations
+        if remaining <= 0 and floor < options.ill_conditioned_iterations and best_R is not None and best_t is not None:
+            # About to stop: an ill-conditioned best model lies in a valley of near-equal scores; sample on.
+            floor = options.ill_conditioned_iterations
+            r2_best = sampson_squared(essential_from_pose(best_R, best_t), x0, x1)[0] / thr2
+            near = r2_best < options.refine_margin**2
+            scale = threshold * options.refine_scale
+            eigenvalues = torch.linalg.eigvalsh(
+                normal_matrix(best_R, best_t, x0[near], x1[near], scale, options.refine.loss)[0]
+            )
+            if float(eigenvalues[0]) < options.hop_condition * float(eigenvalues[1]):
+                continue
         if remaining <= 0:
             break
         batch = min(options.batch_size, max(remaining, 8))
