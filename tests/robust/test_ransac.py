@@ -137,12 +137,12 @@ def test_basin_hops_bring_a_pose_displaced_along_the_valley_back_to_the_optimum(
 def test_an_ill_conditioned_best_model_draws_more_samples_a_well_conditioned_one_does_not():
     narrow_x0, narrow_x1, narrow_threshold = _narrow_view()
     wide = make_scene(num_points=250, outlier_ratio=0.16, noise_px=1.0, seed=2)
-    options = RansacOptions(ill_conditioned_iterations=512, seed=0)
-    narrow = ransac_essential(narrow_x0, narrow_x1, narrow_threshold, options)
-    narrow_default = ransac_essential(narrow_x0, narrow_x1, narrow_threshold, RansacOptions(seed=0))
-    assert narrow_default.iterations < 512 <= narrow.iterations and narrow.status == "ok"
-    plain = ransac_essential(wide.x0, wide.x1, 1.0 / wide.focal, RansacOptions(seed=0))
-    assert ransac_essential(wide.x0, wide.x1, 1.0 / wide.focal, options).iterations == plain.iterations < 512
+    on, off = RansacOptions(seed=0), RansacOptions(ill_conditioned_iterations=0, seed=0)  # on by default
+    narrow = ransac_essential(narrow_x0, narrow_x1, narrow_threshold, on)
+    narrow_off = ransac_essential(narrow_x0, narrow_x1, narrow_threshold, off)
+    assert narrow_off.iterations < on.ill_conditioned_iterations <= narrow.iterations and narrow.status == "ok"
+    plain = ransac_essential(wide.x0, wide.x1, 1.0 / wide.focal, off)
+    assert ransac_essential(wide.x0, wide.x1, 1.0 / wide.focal, on).iterations == plain.iterations < 512
 
 
 def _scene_with_scale_noise(seed: int, focal: float = 1000.0):
