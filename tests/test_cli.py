@@ -395,8 +395,8 @@ def pose_runs(tmp_path_factory):
     runs = {
         "main": estimate_args(REL0, REL1, "--json", "--save-viz", str(viz), "--save-matches", str(matches)),
         "quiet": estimate_args(REL0, REL1, "--json", "--quiet"),
-        # also --basin-hops, --no-scale-noise and --no-probability-weights: the sample pair is well conditioned,
-        # the pose stays within 0.1 deg
+        # also --basin-hops, --no-scale-noise, --no-probability-weights and --ill-conditioned-samples 0: the sample
+        # pair is well conditioned, the pose stays within 0.1 deg
         "variant": estimate_args(
             REL0,
             REL1,
@@ -409,6 +409,8 @@ def pose_runs(tmp_path_factory):
             "--basin-hops",
             "--no-scale-noise",
             "--no-probability-weights",
+            "--ill-conditioned-samples",
+            "0",
             K=None,
         ),
     }
@@ -520,6 +522,8 @@ def test_calibration_matrix_file_and_inline(pose_runs):
     assert doc["config"]["ransac"]["scale_noise"] is False and ref["config"]["ransac"]["scale_noise"] is True
     assert doc["config"]["ransac"]["probability_weights"] is False
     assert ref["config"]["ransac"]["probability_weights"] is True
+    assert doc["config"]["ransac"]["ill_conditioned_iterations"] == 0
+    assert ref["config"]["ransac"]["ill_conditioned_iterations"] == 512
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -774,6 +778,11 @@ def test_unknown_sampler(mbp, out):
 
 def test_non_positive_refine_scale(mbp, out):
     assert_error(mbp(estimate_args(REL0, REL1, *output_args(out), "--refine-scale", "0")), 2, "refine scale", out=out)
+
+
+def test_negative_ill_conditioned_samples(mbp, out):
+    args = estimate_args(REL0, REL1, *output_args(out), "--ill-conditioned-samples", "-1")
+    assert_error(mbp(args), 2, "ill-conditioned samples", out=out)
 
 
 def test_loftr_weights_missing(mbp, tmp_path, out):

@@ -164,6 +164,8 @@ class RansacOptions:
             raise ValueError(f"gumbel temperature must be a positive number, got {self.gumbel_temperature}")
         if not 1 <= self.min_iterations <= self.max_iterations:
             raise ValueError("need 1 <= min_iterations <= max_iterations")
+        if self.ill_conditioned_iterations < 0:
+            raise ValueError(f"ill-conditioned samples must be 0 or more, got {self.ill_conditioned_iterations}")
         if any(not (step > 0 and math.isfinite(step)) for step in self.basin_hops):
             raise ValueError(f"basin hops must be positive step lengths in radians, got {self.basin_hops}")
         if not (self.refine_scale > 0 and math.isfinite(self.refine_scale)):
