@@ -31,7 +31,6 @@ Writes ``final_fit_ratio<r>.md`` and ``.json`` under ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -40,9 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, auc_rows, save_result, script_command, single_thread, spread_pair_chunks  # noqa: E402
+from peers import (  # noqa: E402
+    CACHE,
+    auc_rows,
+    save_result,
+    scene_parser,
+    script_command,
+    single_thread,
+    spread_pair_chunks,
+)
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
+from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
 
 VARIANTS = (
     "lm",
@@ -136,15 +144,10 @@ def _worker(task: tuple) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
-    parser.add_argument("--scenes", default="dino,kermit,kitti06")
-    parser.add_argument("--ratio", type=float, default=0.95)
-    parser.add_argument("--model", default="sift-kl-w64")
+    parser = scene_parser(__doc__.split("\n\n")[0], "dino,kermit,kitti06", 0.95, 150)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="shipped model (default: the default model)")
     parser.add_argument("--weights", default=None, help="a weights file instead of --model")
-    parser.add_argument("--max-pairs-per-scene", type=int, default=150, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--name", default="", help="appended to the result files' name")
     parser.add_argument(
         "--noise-models", default="", help="'a,b;a,b': extra keypoint-noise variants scale^a * exp(b * lowe_ratio)"

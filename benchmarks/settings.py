@@ -19,7 +19,6 @@ Writes ``settings_<name>_ratio<r>.md`` and ``.json`` under ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import sys
@@ -31,7 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import CACHE, auc_rows, save_result, script_command, single_thread, spread_pair_chunks  # noqa: E402
+from peers import (  # noqa: E402
+    CACHE,
+    auc_rows,
+    save_result,
+    scene_parser,
+    script_command,
+    single_thread,
+    spread_pair_chunks,
+)
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
@@ -115,18 +122,14 @@ def _worker(task: tuple) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenes-root", type=Path, default=REPO.parent / "shared" / "data" / "scenes")
-    parser.add_argument("--scenes", default="buddha,castle,fox,kitti01", help="the shipped model's training scenes")
-    parser.add_argument("--ratio", type=float, default=0.95)
+    # default scenes: the shipped model's training scenes
+    parser = scene_parser(__doc__.split("\n\n")[0], "buddha,castle,fox,kitti01", 0.95, 100)
     parser.add_argument("--variants", default="default;refine_scale=0.5", help="';'-separated, see the docstring")
     parser.add_argument("--name", default="variants", help="the result files' name")
     parser.add_argument("--model", default=None, help="shipped model (default: the default model)")
     parser.add_argument("--weights", default=None, help="a weights file instead")
     parser.add_argument("--max-points", type=int, default=None, help="the network's group size (default: its own)")
-    parser.add_argument("--max-pairs-per-scene", type=int, default=100, help="0: all pairs")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     variants = [(v.strip(), parse_variant(v)) for v in args.variants.split(";")]
