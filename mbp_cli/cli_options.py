@@ -81,9 +81,9 @@ class EstimateOptions:
         typer.Option(
             "--basin-hops/--no-basin-hops",
             help="Restart the final fit along its weakest direction when it is ill-conditioned (narrow field of "
-            "view): +1.6 AUC@5 on the narrow-view dino scene at Lowe ratio 0.95, little elsewhere, more time.",
+            "view) and keep the lowest minimum of its cost: +0.6 AUC@5 on the held-out scenes, 1-3 % more time.",
         ),
-    ] = False
+    ] = True
     scale_noise: Annotated[
         bool,
         typer.Option(
