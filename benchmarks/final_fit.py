@@ -39,15 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import (  # noqa: E402
-    CACHE,
-    auc_rows,
-    save_result,
-    scene_parser,
-    script_command,
-    single_thread,
-    spread_pair_chunks,
-)
+from peers import CACHE, auc_rows, publish, scene_parser, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
@@ -164,21 +156,15 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-    command = script_command()
     lines = [
         f"Final-fit variants and oracle inlier sets, Lowe ratio {args.ratio:g}, {len(rows)} pairs of "
         f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
         "",
         *auc_rows(rows, variant_names(noise_models), scenes, "variant"),
-        "",
-        f"Command: `{command}`",
-        "",
     ]
-    text = "\n".join(lines)
     stem = f"final_fit{'_' + args.name if args.name else ''}_ratio{args.ratio:g}"
     stem += f"_{Path(args.weights).stem}" if args.weights else ""
-    save_result(args.out, stem, text, command, rows)
-    print(text)
+    publish(args.out, stem, lines, rows)
 
 
 if __name__ == "__main__":

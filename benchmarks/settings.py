@@ -30,15 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from peers import (  # noqa: E402
-    CACHE,
-    auc_rows,
-    save_result,
-    scene_parser,
-    script_command,
-    single_thread,
-    spread_pair_chunks,
-)
+from peers import CACHE, auc_rows, publish, scene_parser, single_thread, spread_pair_chunks  # noqa: E402
 
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
@@ -140,7 +132,6 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         for part in pool.map(_worker, tasks):
             rows += part
-    command = script_command()
     names = [name for name, _ in variants]
     table = auc_rows(rows, names, scenes, "variant", digits=2)
     table[0] += " median ms |"
@@ -154,13 +145,8 @@ def main() -> None:
         "matches); time: median per pair, one thread, network included.",
         "",
         *table,
-        "",
-        f"Command: `{command}`",
-        "",
     ]
-    text = "\n".join(lines)
-    save_result(args.out, f"settings_{args.name}_ratio{args.ratio:g}", text, command, rows)
-    print(text)
+    publish(args.out, f"settings_{args.name}_ratio{args.ratio:g}", lines, rows)
 
 
 if __name__ == "__main__":
