@@ -251,6 +251,35 @@ def _pose_scores(
     return robust_loss(scoring, sampson_squared(essential_from_pose(R, t), x0, x1), threshold).sum(-1)
 
 
+def final_fit_set(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    threshold: float,
+    options: RansacOptions,
+    keypoint_scales: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, KeypointNoise | None]:
+    """The correspondences the final LM fits from the pose R (1, 3, 3), t (1, 3).
+
+    Returns:
+        ``near`` (N,) bool, the correspondences within ``options.refine_margin`` thresholds of the pose; their
+        (M,) squared Sampson distances in squared thresholds; and their keypoint noise
+        (:func:`mbp_cli.robust.refine.keypoint_noise`, with ``options.scale_noise`` and ``keypoint_scales``) or None.
+    """
+    r2 = sampson_squared(essential_from_pose(R, t), x0, x1)[0] / (threshold * threshold)
+    near = r2 < options.refine_margin**2
+    noise = None
+    if options.scale_noise and keypoint_scales is not None:
+        noise = keypoint_noise(*(s.to(x0)[near] for s in keypoint_scales))
+    return near, r2[near], noise
+
+
+def _keeps_consensus(score: float, reference: float) -> bool:
+    """The final LM minimises a smooth surrogate: its result (or a hop's) is kept unless it clearly lost consensus."""
+    return score <= reference * 1.05 + 1e-9
+
+
 def _weakest_direction(
     R: torch.Tensor,
     t: torch.Tensor,
@@ -306,8 +335,7 @@ def _hop_basins(
         return R, t, score
     R_best, t_best = R_hop[j : j + 1], t_hop[j : j + 1]
     score_best = float(_pose_scores(R_best, t_best, x0, x1, threshold, options.scoring)[0])
-    # The final LM's own guard: a lower cost that clearly loses consensus is not taken.
-    if score_best > score * 1.05 + 1e-9:
+    if not _keeps_consensus(score_best, score):
         return R, t, score
     return R_best, t_best, score_best
 
@@ -414,8 +442,7 @@ def _ransac(
         if remaining <= 0 and floor < options.ill_conditioned_iterations and best_R is not None and best_t is not None:
             # About to stop: an ill-conditioned best model lies in a valley of near-equal scores; sample on.
             floor = options.ill_conditioned_iterations
-            r2_best = sampson_squared(essential_from_pose(best_R, best_t), x0, x1)[0] / thr2
-            near = r2_best < options.refine_margin**2
+            near, _, _ = final_fit_set(best_R, best_t, x0, x1, threshold, options)
             scale = threshold * options.refine_scale
             if _weakest_direction(best_R, best_t, x0[near], x1[near], scale, options) is not None:
                 continue
@@ -476,19 +503,14 @@ def _ransac(
     R, t = best_R, best_t
     if options.final_refinement:
         with timer("refinement"):
-            r2_start = sampson_squared(essential_from_pose(R, t), x0, x1)[0] / thr2
-            near = r2_start < options.refine_margin**2
-            weights = None if refinement_weights is None else refinement_weights(near, r2_start[near]).to(x0)[None]
+            near, r2_near, noise = final_fit_set(R, t, x0, x1, threshold, options, keypoint_scales)
+            weights = None if refinement_weights is None else refinement_weights(near, r2_near).to(x0)[None]
             x0_fit, x1_fit = x0[near], x1[near]
-            noise = None
-            if options.scale_noise and keypoint_scales is not None:
-                noise = keypoint_noise(*(s.to(x0)[near] for s in keypoint_scales))
             R_ref, t_ref, _ = refine_pose(
                 R, t, x0_fit, x1_fit, threshold * options.refine_scale, options.refine, weights, noise
             )
             score_ref = float(_pose_scores(R_ref, t_ref, x0, x1, threshold, options.scoring)[0])
-            # LM minimises a smooth surrogate; keep its result unless it clearly lost consensus.
-            if score_ref <= best_score * 1.05 + 1e-9:
+            if _keeps_consensus(score_ref, best_score):
                 R, t, best_score = R_ref, t_ref, score_ref
         if options.basin_hops:
             with timer("basin_hopping"):

@@ -43,9 +43,7 @@ import torch
 from mbp_cli.data.matches import PairMatches, load_scene_matches, scene_dirs
 from mbp_cli.errors import WeightsError
 from mbp_cli.geometry.essential import (
-    essential_from_pose,
     rotation_error_deg,
-    sampson_squared,
     translation_error_deg,
 )
 from mbp_cli.matching.types import keypoint_scales
@@ -54,8 +52,8 @@ from mbp_cli.network.consensus import ConsensusNetwork, count_parameters
 from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
 from mbp_cli.network.fit_head import FitHead, fit_feature_names, fit_features
 from mbp_cli.network.weights import file_sha256, load_model, load_weights, model_card, save_weights, write_model_card
-from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-from mbp_cli.robust.refine import KeypointNoise, keypoint_noise, refine_pose, refine_pose_implicit
+from mbp_cli.robust.ransac import RansacOptions, final_fit_set, ransac_essential
+from mbp_cli.robust.refine import KeypointNoise, refine_pose, refine_pose_implicit
 from mbp_cli.training.init import atomic_torch_save, cosine_schedule, restore_checkpoint, start_recipe
 
 
@@ -94,12 +92,11 @@ def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options:
     result = ransac_essential(x0, x1, threshold, start_options, sampling_quality(logits, options.sampler))
     if result.R is None or result.t is None:
         return None
-    r2 = sampson_squared(essential_from_pose(result.R[None], result.t[None]), x0, x1)[0] / threshold**2
-    near = r2 < options.refine_margin**2
+    near, r2_near, noise = final_fit_set(
+        result.R[None], result.t[None], x0, x1, threshold, options, keypoint_scales(pair.side)
+    )
     if int(near.sum()) < 5:
         return None
-    scales = keypoint_scales(pair.side) if options.scale_noise else None
-    noise = None if scales is None else keypoint_noise(*(s.double()[near] for s in scales))
     R_gt = torch.from_numpy(pair.R).double()
     t_gt = torch.from_numpy(pair.t).double()
     t_gt = t_gt / t_gt.norm()
@@ -108,7 +105,7 @@ def prepare(pair: PairMatches, ratio: float, network: ConsensusNetwork, options:
         ratio,
         x0[near],
         x1[near],
-        fit_features(inputs[:, near], logits[near], r2[near], network.config.inputs),
+        fit_features(inputs[:, near], logits[near], r2_near, network.config.inputs),
         logits[near].double(),
         noise,
         result.R,
