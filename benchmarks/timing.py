@@ -31,19 +31,12 @@ from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
 
 
-def _time_pairs(task: tuple) -> list[dict]:
-    scene_dir, ratio, indices, model, repeats = task
-    single_thread()
-    from mbp_cli.estimators import PoseLibEstimator
+def _time_pairs(pairs: list, indices: list[int], ratio: float, net, poselib, repeats: int) -> list[dict]:
+    """Per pair of ``pairs[indices]`` (matches at Lowe ``ratio``): the fastest of ``repeats`` alternating runs of mbp
+    and of PoseLib."""
     from mbp_cli.robust.ransac import RansacOptions
 
-    pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
-    net = _load_network(model, None)
-    poselib = PoseLibEstimator()
     options = RansacOptions()
-    warm = pairs[indices[0]]  # one-off set-up of both code paths out of the timings
-    _run_mbp(warm, "mbp-gumbel", _network_logits(net, warm, options.probability_weights)[0], options)
-    poselib.estimate(warm.x0, warm.x1, warm.focal, 1.0)
     rows = []
     for i in indices:
         pair = pairs[i]
@@ -103,11 +96,25 @@ def main() -> None:
         "pairs mbp faster |",
         "|---|---|---|---|---|---|---|",
     ]
+    single_thread()
+    from mbp_cli.estimators import PoseLibEstimator
+    from mbp_cli.robust.ransac import RansacOptions
+
+    net, poselib = _load_network(args.model, None), PoseLibEstimator()
+    warmed = False
     for ratio in ratios:
         part: list[dict] = []
-        for task in spread_pair_chunks(dirs, ratio, args.max_pairs_per_scene):
-            scene_dir, indices = task
-            part += _time_pairs((scene_dir, ratio, indices, args.model, args.repeats))
+        for scene_dir in dirs:
+            pairs = load_scene_matches(scene_dir, ratio, cache_dir=CACHE)
+            indices = [
+                i for _, chunk in spread_pair_chunks([scene_dir], ratio, args.max_pairs_per_scene) for i in chunk
+            ]
+            if not warmed:  # one-off set-up of both code paths out of the timings
+                warm, options = pairs[indices[0]], RansacOptions()
+                _run_mbp(warm, "mbp-gumbel", _network_logits(net, warm, options.probability_weights)[0], options)
+                poselib.estimate(warm.x0, warm.x1, warm.focal, 1.0)
+                warmed = True
+            part += _time_pairs(pairs, indices, ratio, net, poselib, args.repeats)
         rows += part
         lines.append(summary_line(part, ratio))
     stem = f"timing_{args.model}"
