@@ -15,7 +15,8 @@ drawn it is restricted to its ratio-0.8 matches with probability 1/2, so that th
 subsampled at random to at most ``--max-points`` correspondences (padded with a mask in the batch). AdamW with a
 cosine learning-rate schedule, gradient-norm clipping, seeded; a fixed number of steps (no early stopping: the
 validation scenes are only measured). ``--augment-*`` transform each drawn pair as other cameras would have seen it
-(rolled, swapped, mirrored: :mod:`mbp_cli.training.augment`, labels exact). Checkpoints are written atomically and a run resumes from its checkpoint.
+(rolled, swapped, mirrored: :mod:`mbp_cli.training.augment`, labels exact). Checkpoints are written atomically and
+a run resumes from its checkpoint.
 
 Usage::
 
