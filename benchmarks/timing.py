@@ -84,7 +84,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else [args.ratio]
+    try:
+        ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else [args.ratio]
+    except ValueError:
+        parser.error(f"--ratios takes comma-separated Lowe ratios, got {args.ratios!r}")
     dirs = scene_dirs(args.scenes_root, args.scenes.split(","))
     rows: list[dict] = []
     lines = [
