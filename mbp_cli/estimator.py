@@ -98,8 +98,10 @@ def estimate_relative_pose(
     Returns:
         ``(pose, info)``: ``pose`` is None when no model was found. ``info`` holds ``status`` (``ok``,
         ``no_model``, ``degenerate``), ``inliers`` ((N,) bool numpy), ``num_inliers``, ``inlier_ratio``,
-        ``iterations``, ``models``, ``lo_runs``, ``score``, ``median_parallax_deg``,
-        ``threshold_normalized``, ``timings_ms`` and ``convention``.
+        ``iterations``, ``models``, ``lo_runs``, ``score``, ``median_parallax_deg``, ``sigma_deg`` (the final fit's
+        predicted root-mean-square rotation and translation-direction errors in degrees,
+        :attr:`~mbp_cli.robust.ransac.EssentialResult.sigma_deg`, or None), ``threshold_normalized``, ``timings_ms``
+        and ``convention``.
     """
     p0 = _as_tensor(points0, "points0")
     p1 = _as_tensor(points1, "points1")
@@ -144,6 +146,7 @@ def estimate_relative_pose(
         "lo_runs": result.lo_runs,
         "score": result.score,
         "median_parallax_deg": result.median_parallax_deg,
+        "sigma_deg": result.sigma_deg,
         "threshold_normalized": threshold,
         "timings_ms": timings,
         "convention": CONVENTION,

@@ -24,6 +24,13 @@ def _rounded(a: np.ndarray, digits: int = 10) -> list[Any]:
     return np.round(np.asarray(a, dtype=np.float64), digits).tolist()
 
 
+def _predicted_error(sigma: tuple[float, float] | None) -> dict[str, float] | None:
+    """The final fit's predicted root-mean-square errors (``info["sigma_deg"]``) as ``{"rotation", "translation"}``."""
+    if sigma is None:
+        return None
+    return {"rotation": round(float(sigma[0]), 4), "translation": round(float(sigma[1]), 4)}
+
+
 def result_to_dict(result: PairResult, config: EstimateConfig) -> dict[str, Any]:
     """The ``--json`` document: pose, matrices, convention, counts, timings, status and configuration."""
     info = result.info
@@ -43,6 +50,7 @@ def result_to_dict(result: PairResult, config: EstimateConfig) -> dict[str, Any]
         "inlier_ratio": round(float(info["inlier_ratio"]), 6),
         "inliers": np.flatnonzero(info["inliers"]).tolist(),
         "median_parallax_deg": round(float(info["median_parallax_deg"]), 4),
+        "predicted_error_deg": _predicted_error(info.get("sigma_deg")),
         "iterations": info["iterations"],
         "models_scored": info["models"],
         "local_optimizations": info["lo_runs"],
@@ -82,6 +90,12 @@ def print_summary(result: PairResult, console: Console) -> None:
             )
         console.print(table)
         console.print(f"rotation {angle:.3f} deg   [dim]{escape(CONVENTION)}[/]")
+        sigma = info.get("sigma_deg")
+        if sigma is not None:
+            # what the matches' own noise leaves open; large along a narrow view's rotation-translation ambiguity
+            console.print(
+                f"predicted error (rms, from the fit): rotation {sigma[0]:.3f} deg, translation direction {sigma[1]:.3f} deg"
+            )
     if result.status == "degenerate":
         console.print("[yellow]warning:[/] the translation is barely observable (little parallax or few inliers)")
     times = {**result.timings_ms, **info["timings_ms"]}

@@ -452,6 +452,9 @@ def test_estimate_sample_pair_json(pose_runs):
 
     assert 0 < doc["num_inliers"] <= doc["num_matches"]
     assert len(doc["inliers"]) == doc["num_inliers"]
+    # the fit's predicted rms errors: positive, and the sample pair's pose is well determined
+    assert 0.0 < doc["predicted_error_deg"]["rotation"] < 1.0
+    assert 0.0 < doc["predicted_error_deg"]["translation"] < 1.0
     assert doc["inlier_ratio"] == pytest.approx(doc["num_inliers"] / doc["num_matches"], abs=1e-5)
     for stage in ("load", "matching", "estimation", "total"):
         assert doc["timings_ms"][stage] >= 0.0, stage
@@ -464,7 +467,7 @@ def test_estimate_summary_on_stderr(pose_runs):
     """Without --quiet, the human summary goes to stderr (stdout holds only the JSON)."""
     stderr = pose_runs["main"].stderr
     assert "status: ok" in stderr
-    assert "inliers" in stderr and "rotation" in stderr
+    assert "inliers" in stderr and "rotation" in stderr and "predicted error" in stderr
 
 
 def test_estimate_writes_visualization(pose_runs):

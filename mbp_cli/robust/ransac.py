@@ -26,7 +26,16 @@ from mbp_cli.geometry.essential import (
     triangulated_depths,
 )
 from mbp_cli.geometry.solver import SAMPLE_SIZE, five_point
-from mbp_cli.robust.refine import KeypointNoise, RefineOptions, keypoint_noise, normal_matrix, perturb_pose, refine_pose
+from mbp_cli.robust.refine import (
+    KeypointNoise,
+    RefineOptions,
+    keypoint_noise,
+    normal_matrix,
+    perturb_pose,
+    pose_covariance,
+    pose_sigma_deg,
+    refine_pose,
+)
 from mbp_cli.robust.samplers import GumbelSampler, ProsacSampler, Sampler, UniformSampler
 from mbp_cli.robust.scoring import msac_loss, robust_loss
 
@@ -184,6 +193,12 @@ class EssentialResult:
         score: the best model's robust loss (sum of normalised per-point losses; lower is better).
         iterations: minimal samples drawn; models: real 5-point roots scored; lo_runs: local optimisations.
         timings_ms: milliseconds per stage.
+        covariance: (5, 5) covariance of the final fit at the returned pose (:func:`mbp_cli.robust.refine.pose_covariance`,
+            the LM's local coordinates: rotation radians, then the translation's tangent plane), measured from the
+            fitted correspondences' own residuals; None without a final refinement or a model.
+        sigma_deg: ``(rotation, translation direction)`` root-mean-square errors in degrees that the covariance
+            predicts (:func:`mbp_cli.robust.refine.pose_sigma_deg`); they grow along a narrow view's ambiguity. They
+            cover the noise of the fitted matches only, not wrong calibration or undetected outliers.
     """
 
     status: str
@@ -197,6 +212,8 @@ class EssentialResult:
     lo_runs: int
     median_parallax_deg: float
     timings_ms: dict[str, float]
+    covariance: torch.Tensor | None = None
+    sigma_deg: tuple[float, float] | None = None
 
 
 def required_iterations(inlier_ratio: float, confidence: float, sample_size: int = SAMPLE_SIZE) -> float:
@@ -526,6 +543,25 @@ def _ransac(
         R, t = R_c[0], t_c[0]
         parallax = float(parallax_deg(R, x0[inliers], x1[inliers]).median()) if bool(inliers.any()) else 0.0
     status = "degenerate" if parallax < options.min_parallax_deg or int(inliers.sum()) < 2 * SAMPLE_SIZE else "ok"
+    covariance, sigma = None, None
+    if options.final_refinement:
+        with timer("covariance"):
+            scale = threshold * options.refine_scale
+            covariance = pose_covariance(R[None], t[None], x0_fit, x1_fit, scale, options.refine.loss, weights, noise)
+            sigma_rotation, sigma_translation = pose_sigma_deg(covariance)[0].tolist()
+            covariance, sigma = covariance[0], (sigma_rotation, sigma_translation)
     return EssentialResult(
-        status, R, t, essential_from_pose(R, t), inliers, best_score, iterations, models, lo_runs, parallax, timer.ms
+        status,
+        R,
+        t,
+        essential_from_pose(R, t),
+        inliers,
+        best_score,
+        iterations,
+        models,
+        lo_runs,
+        parallax,
+        timer.ms,
+        covariance,
+        sigma,
     )

@@ -246,6 +246,54 @@ def normal_matrix(
     return (J * w[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
 
 
+def pose_covariance(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    scale: float,
+    loss: str = "cauchy",
+    point_weights: torch.Tensor | None = None,
+    noise: KeypointNoise | None = None,
+) -> torch.Tensor:
+    """Sandwich covariance (H, 5, 5) of the robust fit's optimum at poses R (H, 3, 3), t (H, 3) unit.
+
+    The fit minimises ``sum_i w_i rho(r_i^2)``. Its M-estimator covariance is ``A^-1 B A^-1`` with ``A`` the cost's
+    Gauss–Newton Hessian (the curvature-corrected normal matrix of :func:`refine_pose`, half the Hessian) and
+    ``B = sum_i (w_i rho'_i r_i)^2 J_i J_i^T`` the spread of the per-correspondence gradients (a quarter of their
+    outer products' sum): the factors of 2 cancel. ``B`` is measured from the residuals themselves, so the noise
+    level need not be known and heteroscedastic or mis-modelled noise is accounted for, as long as the
+    correspondences are independent and the pose is the fit's optimum. Coordinates: the LM's local step
+    ``(w1, w2, w3, b1, b2)`` of :func:`sampson_residuals_and_jacobian` (radians; ``b`` moves the unit translation in
+    its tangent plane). Arguments as :func:`refine_pose`.
+    """
+    r, J = _linearize(_frames(R, t / t.norm(dim=-1, keepdim=True)), epipolar_design(x0, x1, noise))
+    r2 = r * r
+    w = robust_cost_and_weights(r2, scale, loss)[1]
+    if point_weights is not None:
+        w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
+    curvature = w
+    if loss == "cauchy":  # rho' + 2 rho'' r^2, unfloored: the cost's own curvature (see normal_weights)
+        u = r2 / (scale * scale)
+        curvature = w * (1.0 - u) / (1.0 + u)
+    A = (J * curvature[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
+    gradients = J * (w * r)[..., None]  # (N, H, 5)
+    B = gradients.permute(1, 2, 0) @ gradients.transpose(0, 1)
+    A_inv = torch.linalg.pinv(A, hermitian=True)
+    return A_inv @ B @ A_inv
+
+
+def pose_sigma_deg(covariance: torch.Tensor) -> torch.Tensor:
+    """(H, 2) root-mean-square rotation and translation-direction errors, degrees, from (H, 5, 5) covariances.
+
+    With the local step ``(w, b)`` of :func:`pose_covariance`, the rotation error is ``|w|`` and the translation
+    direction's is ``|b|`` (to first order), so their expected squares are the traces of the two diagonal blocks.
+    """
+    rotation = covariance[..., :3, :3].diagonal(dim1=-2, dim2=-1).sum(-1)
+    translation = covariance[..., 3:, 3:].diagonal(dim1=-2, dim2=-1).sum(-1)
+    return torch.rad2deg(torch.stack([rotation, translation], -1).clamp_min(0.0).sqrt())
+
+
 def refine_pose(
     R: torch.Tensor,
     t: torch.Tensor,

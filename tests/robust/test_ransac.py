@@ -177,3 +177,26 @@ def test_equal_keypoint_scales_change_nothing_and_bad_shapes_are_refused():
     assert not torch.equal(aware.R, plain.R)
     with pytest.raises(ValueError, match=r"keypoint_scales must be two \(200,\) tensors"):
         ransac_essential(x0, x1, threshold, RansacOptions(), keypoint_scales=(scales[0][:10], scales[1]))
+
+
+def test_the_result_predicts_its_error_from_the_fit_large_on_a_narrow_view():
+    """The sandwich covariance of the final fit comes with every refined result: over noise draws with outliers the
+    actual errors match the predicted rms errors in order of magnitude, and a narrow view predicts far more."""
+    squared, predicted = [], []
+    for seed in range(12):
+        scene = make_scene(num_points=250, outlier_ratio=0.2, noise_px=0.5, seed=seed)
+        res = ransac_essential(scene.x0, scene.x1, 1.0 / scene.focal, RansacOptions(seed=seed))
+        assert res.status == "ok" and res.covariance is not None and res.sigma_deg is not None
+        assert res.covariance.shape == (5, 5) and torch.allclose(res.covariance, res.covariance.T)
+        squared.append(
+            [float(rotation_error_deg(res.R, scene.R)) ** 2, float(translation_error_deg(res.t, scene.t)) ** 2]
+        )
+        predicted.append([s**2 for s in res.sigma_deg])
+    ratio = torch.tensor(predicted).mean(0) / torch.tensor(squared).mean(0)
+    assert bool(((ratio > 0.4) & (ratio < 2.5)).all()), ratio
+    x0, x1, threshold = _narrow_view()
+    narrow = ransac_essential(x0, x1, threshold, RansacOptions())
+    assert narrow.sigma_deg is not None
+    assert min(narrow.sigma_deg) > 5 * max(torch.tensor(predicted).mean(0).sqrt().tolist())
+    unrefined = ransac_essential(x0, x1, threshold, RansacOptions(final_refinement=False))
+    assert unrefined.covariance is None and unrefined.sigma_deg is None

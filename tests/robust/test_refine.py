@@ -19,6 +19,8 @@ from mbp_cli.robust.refine import (
     normal_matrix,
     normal_weights,
     perturb_pose,
+    pose_covariance,
+    pose_sigma_deg,
     refine_pose,
     refine_pose_implicit,
     robust_cost_and_weights,
@@ -265,3 +267,53 @@ def test_keypoint_noise_sharpens_the_fit_when_noise_follows_scale():
             errors[name].append(float(rotation_error_deg(R[0], scene.R) + translation_error_deg(t[0], scene.t)))
     aware, plain = (torch.tensor(errors[k]).mean() for k in ("aware", "plain"))
     assert aware < 0.6 * plain, errors
+
+
+def _monte_carlo_covariance(fit_noise: bool, narrow: bool = False, trials: int = 200):
+    """Mean squared rotation / translation errors (deg^2) of the LM over noise draws, and the mean predicted ones."""
+    if narrow:
+        R, t, x0, x1 = _narrow_scene(0.05)
+    else:
+        scene = make_scene(num_points=150)
+        R, t, x0, x1 = scene.R, scene.t, scene.x0, scene.x1
+    focal = 1000.0
+    g = torch.Generator().manual_seed(7)
+    n = x0.shape[0]
+    # heteroscedastic keypoint noise, each keypoint's sigma between 0.1 and 0.5 px (SIFT inliers' spread), given
+    # to the fit relative to the median as the product's keypoint_noise does; the product's half-pixel scale
+    sigma0 = 0.1 + 0.4 * torch.rand(n, generator=g, dtype=torch.float64)
+    sigma1 = 0.1 + 0.4 * torch.rand(n, generator=g, dtype=torch.float64)
+    median = torch.cat([sigma0, sigma1]).median()
+    scale = 0.5 / focal
+    squared, predicted = [], []
+    for _ in range(trials):
+        y0 = x0 + sigma0[:, None] / focal * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        y1 = x1 + sigma1[:, None] / focal * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        noise = (sigma0 / median, sigma1 / median) if fit_noise else None
+        R_fit, t_fit, _ = refine_pose(R[None], t[None], y0, y1, scale, RefineOptions(max_iterations=50), noise=noise)
+        squared.append([float(rotation_error_deg(R_fit[0], R)) ** 2, float(translation_error_deg(t_fit[0], t)) ** 2])
+        predicted.append((pose_sigma_deg(pose_covariance(R_fit, t_fit, y0, y1, scale, noise=noise))[0] ** 2).tolist())
+    return torch.tensor(squared).mean(0), torch.tensor(predicted).mean(0)
+
+
+@pytest.mark.parametrize("fit_noise", [True, False])
+def test_pose_covariance_predicts_the_spread_of_the_fit_over_noise_draws(fit_noise):
+    """The sandwich covariance matches the Monte-Carlo spread of the robust LM, also when the fit ignores the
+    keypoints' unequal noise (the spread is measured from the residuals, not assumed)."""
+    empirical, predicted = _monte_carlo_covariance(fit_noise)
+    ratio = predicted / empirical
+    assert bool(((ratio > 0.75) & (ratio < 1.33)).all()), (empirical, predicted)
+
+
+def test_pose_covariance_is_large_along_a_narrow_views_ambiguity():
+    empirical_wide, predicted_wide = _monte_carlo_covariance(True, trials=60)
+    empirical_narrow, predicted_narrow = _monte_carlo_covariance(True, narrow=True, trials=60)
+    assert bool((predicted_narrow > 10 * predicted_wide).all())
+    ratio = predicted_narrow / empirical_narrow
+    assert bool(((ratio > 0.6) & (ratio < 1.6)).all()), (empirical_narrow, predicted_narrow)
+
+
+def test_pose_sigma_deg_reads_the_two_blocks():
+    covariance = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64))[None] * 1e-6
+    sigma = pose_sigma_deg(covariance)[0]
+    torch.testing.assert_close(sigma, torch.rad2deg(torch.tensor([6e-6, 9e-6], dtype=torch.float64).sqrt()))
