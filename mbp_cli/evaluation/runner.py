@@ -229,6 +229,7 @@ def new_record(task: PairTask) -> dict[str, Any]:
         "num_inliers": None,
         "err_R_deg": None,
         "err_t_deg": None,
+        "predicted_error_deg": None,
         "time_ms": None,
         "timings_ms": {},
         "baselines": {},
@@ -401,6 +402,8 @@ class PairEvaluator:
             pose = None
         else:
             record.update(status=info["status"], num_inliers=info["num_inliers"], time_ms=timings["estimation"])
+            if info.get("sigma_deg") is not None:  # the final fit's predicted rms errors (rotation, translation)
+                record["predicted_error_deg"] = [round(float(v), 6) for v in info["sigma_deg"]]
             if pose is not None:
                 record.update(R=_rounded(pose.R), t=_rounded(pose.t), E=_rounded(pose.E))
         self._errors(record, None if pose is None else pose.R, None if pose is None else pose.t, task)

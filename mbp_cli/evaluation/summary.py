@@ -129,13 +129,46 @@ def versus_baselines(
     return out
 
 
+def predicted_error_calibration(records: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """How mbp's predicted errors (``predicted_error_deg``, the final fit's covariance) compare with the actual ones.
+
+    Over the pairs mbp estimated and that are scored: ``pairs``; median predicted and actual rotation and
+    translation-direction errors (degrees); median ``(actual / predicted)^2`` for each, which is about 1 (0.45, the
+    median of a chi-square with one degree of freedom, to 1) when the matches' noise explains the errors and far above
+    it when something the fit cannot see dominates (ground-truth or calibration error, undetected wrong matches);
+    and the share of pairs whose larger predicted error exceeds 1 degree. None when no pair has both.
+    """
+    rows = [
+        r
+        for r in records
+        if r.get("predicted_error_deg") is not None and r.get("err_R_deg") is not None and r["status"] != "no_model"
+    ]
+    if not rows:
+        return None
+    predicted = np.array([r["predicted_error_deg"] for r in rows], dtype=np.float64)
+    actual = np.array([[r["err_R_deg"], r["err_t_deg"]] for r in rows], dtype=np.float64)
+    # a predicted error of exactly 0 (a perfect fit) would make the ratio infinite
+    normalized = (actual / np.maximum(predicted, 1e-9)) ** 2
+    return {
+        "pairs": len(rows),
+        "median_predicted_R_deg": float(np.median(predicted[:, 0])),
+        "median_predicted_t_deg": float(np.median(predicted[:, 1])),
+        "median_err_R_deg": float(np.median(actual[:, 0])),
+        "median_err_t_deg": float(np.median(actual[:, 1])),
+        "median_normalized_R": float(np.median(normalized[:, 0])),
+        "median_normalized_t": float(np.median(normalized[:, 1])),
+        "share_predicted_above_1deg": float((predicted.max(1) > 1.0).mean()),
+    }
+
+
 def summarize(records: list[dict[str, Any]], thresholds: Sequence[float] = AUC_THRESHOLDS) -> dict[str, Any]:
     """Every figure of the report from the ``pairs.jsonl`` records.
 
     Returns:
         ``thresholds_deg``; ``pairs`` (:func:`count_pairs`); ``methods``: method → ``overall`` and
         ``per_scene`` (scene → :func:`pose_metrics`); ``versus``: :func:`versus_baselines`; ``scenes``: scene →
-        pair counts and mean stage timings per pair; ``timings_ms``: mean stage timings per pair over all scenes.
+        pair counts and mean stage timings per pair; ``timings_ms``: mean stage timings per pair over all scenes;
+        ``predicted_error``: ``overall`` and ``per_scene`` :func:`predicted_error_calibration`.
     """
     scenes = list(dict.fromkeys(r["scene"] for r in records))
     methods = {}
@@ -156,4 +189,8 @@ def summarize(records: list[dict[str, Any]], thresholds: Sequence[float] = AUC_T
         "versus": versus_baselines(records, thresholds),
         "scenes": per_scene,
         "timings_ms": _stage_means(records),
+        "predicted_error": {
+            "overall": predicted_error_calibration(records),
+            "per_scene": {s: predicted_error_calibration(r for r in records if r["scene"] == s) for s in scenes},
+        },
     }

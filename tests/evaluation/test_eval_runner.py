@@ -69,6 +69,7 @@ def test_records_of_a_run(one_run: tuple[Path, dict], small_scene: Path) -> None
         assert r["num_matches"] > 100 and 0.5 * r["num_matches"] < r["num_inliers"] <= r["num_matches"]
         assert r["err_R_deg"] < 3.0 and r["err_t_deg"] < 5.0  # kermit's pseudo ground truth
         assert r["time_ms"] == r["timings_ms"]["estimation"] > 0
+        assert len(r["predicted_error_deg"]) == 2 and all(0 < v < 1 for v in r["predicted_error_deg"])
         poselib = r["baselines"]["poselib"]
         assert poselib["status"] == "ok" and poselib["num_inliers"] <= r["num_matches"]
         assert poselib["err_R_deg"] < 3.0
@@ -80,10 +81,13 @@ def test_records_of_a_run(one_run: tuple[Path, dict], small_scene: Path) -> None
     assert "kermit007.jpg has no texture to match" in reasons[("kermit007.jpg", "kermit001.jpg")]
     assert summary["pairs"]["total"] == 8 and summary["pairs"]["errors"] == 4 and summary["pairs"]["scored"] == 4
     assert summary["methods"]["mbp"]["overall"]["pairs"] == 4
+    assert summary["predicted_error"]["overall"]["pairs"] == 4
+    assert summary["predicted_error"]["per_scene"]["kermit"]["pairs"] == 4
     assert set(summary["methods"]) == {"mbp", "poselib"}
     assert json.loads((out / "summary.json").read_text())["pairs"] == summary["pairs"]
     report = (out / "report.md").read_text()
     assert "| mbp | 4 |" in report and "| poselib | 4 |" in report and "ghost.jpg" in report
+    assert "## mbp's predicted error against the actual one" in report and "| kermit | 4 |" in report
     for png in ("cumulative_errors.png", "auc_per_scene.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Files written atomically get the permissions of plain open() (mkstemp's are owner-only).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mbp_cli.evaluation.report import markdown_report
-from mbp_cli.evaluation.summary import method_rows, methods_of, pose_metrics, summarize
+from mbp_cli.evaluation.summary import method_rows, methods_of, pose_metrics, predicted_error_calibration, summarize
 from mbp_cli.metrics import pose_auc
 
 
@@ -114,3 +114,23 @@ def test_report_labels_both_figures_and_lists_failures() -> None:
     assert "only 3 matches" in text and "image x.png does not exist" in text
     assert "1 bad inputs" in text and "2 scored" in text
     assert "## mbp against each baseline" in text and "| poselib | 2 |" in text
+
+
+def test_predicted_error_calibration_hand_computed() -> None:
+    records = [
+        _record("a", "1", "ok", 1.0, 2.0) | {"predicted_error_deg": [0.5, 2.0]},  # (err/pred)^2: 4 and 1
+        _record("a", "2", "ok", 0.2, 0.3) | {"predicted_error_deg": [0.2, 1.5]},  # 1 and 0.04
+        _record("b", "3", "ok", 0.3, 0.6) | {"predicted_error_deg": [0.1, 0.2]},  # 9 and 9
+        _record("b", "4", "ok", 0.3, 0.6),  # no prediction (no final refinement): left out
+        _record("b", "5", "no_model", 180.0, 180.0) | {"predicted_error_deg": None},
+        _record("b", "6", "error", None, None),
+    ]
+    c = predicted_error_calibration(records)
+    assert c is not None and c["pairs"] == 3
+    assert c["median_predicted_R_deg"] == pytest.approx(0.2) and c["median_err_t_deg"] == pytest.approx(0.6)
+    assert c["median_normalized_R"] == pytest.approx(4.0) and c["median_normalized_t"] == pytest.approx(1.0)
+    assert c["share_predicted_above_1deg"] == pytest.approx(2 / 3)
+    assert predicted_error_calibration([records[3], records[5]]) is None
+    summary = summarize(records)
+    assert summary["predicted_error"]["per_scene"]["b"]["pairs"] == 1
+    assert summary["predicted_error"]["overall"]["pairs"] == 3
