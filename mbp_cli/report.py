@@ -19,6 +19,9 @@ from mbp_cli.io.images import load_image
 from mbp_cli.io.output import atomic_write_bytes, atomic_write_text
 from mbp_cli.pipeline import EstimateConfig, PairResult
 
+# Predicted rms error above which the summary warns: the matches do not determine the pose to this level.
+UNCERTAIN_DEG = 1.0
+
 
 def _rounded(a: np.ndarray, digits: int = 10) -> list[Any]:
     return np.round(np.asarray(a, dtype=np.float64), digits).tolist()
@@ -98,6 +101,11 @@ def print_summary(result: PairResult, console: Console) -> None:
             )
     if result.status == "degenerate":
         console.print("[yellow]warning:[/] the translation is barely observable (little parallax or few inliers)")
+    elif result.pose is not None and info.get("sigma_deg") is not None and max(info["sigma_deg"]) > UNCERTAIN_DEG:
+        console.print(
+            f"[yellow]warning:[/] the matches leave the pose uncertain by more than {UNCERTAIN_DEG:g} deg "
+            "(a narrow field of view or few, poorly spread matches)"
+        )
     times = {**result.timings_ms, **info["timings_ms"]}
     console.print("[dim]time ms: " + "  ".join(f"{k} {v:.1f}" for k, v in times.items()) + "[/]")
 
