@@ -239,11 +239,31 @@ def normal_matrix(
     Its eigenvectors of small eigenvalues are the directions in which the fit is weakly constrained: with a narrow
     field of view, the rotation-translation (bas-relief) ambiguity. ``noise`` as in :func:`refine_pose`.
     """
+    _, J, w = _weighted_linearization(R, t, x0, x1, scale, loss, point_weights, noise)
+    return _gram(J, w)
+
+
+def _weighted_linearization(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    x0: torch.Tensor,
+    x1: torch.Tensor,
+    scale: float,
+    loss: str,
+    point_weights: torch.Tensor | None,
+    noise: KeypointNoise | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Residuals (N, H), their Jacobian (N, H, 5) and the IRLS weights ``w rho'`` (N, H) at poses R, t (unit)."""
     r, J = _linearize(_frames(R, t), epipolar_design(x0, x1, noise))
     w = robust_cost_and_weights(r * r, scale, loss)[1]
     if point_weights is not None:
         w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
-    return (J * w[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
+    return r, J, w
+
+
+def _gram(J: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_n weights[n] J[n]^T J[n]`` per pose: (N, H, 5) and (N, H) -> (H, 5, 5)."""
+    return (J * weights[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
 
 
 def pose_covariance(
@@ -267,19 +287,14 @@ def pose_covariance(
     ``(w1, w2, w3, b1, b2)`` of :func:`sampson_residuals_and_jacobian` (radians; ``b`` moves the unit translation in
     its tangent plane). Arguments as :func:`refine_pose`.
     """
-    r, J = _linearize(_frames(R, t / t.norm(dim=-1, keepdim=True)), epipolar_design(x0, x1, noise))
-    r2 = r * r
-    w = robust_cost_and_weights(r2, scale, loss)[1]
-    if point_weights is not None:
-        w = w * point_weights.to(R.dtype).expand(R.shape[0], x0.shape[0]).T
+    t = t / t.norm(dim=-1, keepdim=True)
+    r, J, w = _weighted_linearization(R, t, x0, x1, scale, loss, point_weights, noise)
     curvature = w
     if loss == "cauchy":  # rho' + 2 rho'' r^2, unfloored: the cost's own curvature (see normal_weights)
-        u = r2 / (scale * scale)
+        u = r * r / (scale * scale)
         curvature = w * (1.0 - u) / (1.0 + u)
-    A = (J * curvature[..., None]).permute(1, 2, 0) @ J.transpose(0, 1)
-    gradients = J * (w * r)[..., None]  # (N, H, 5)
-    B = gradients.permute(1, 2, 0) @ gradients.transpose(0, 1)
-    A_inv = torch.linalg.pinv(A, hermitian=True)
+    B = _gram(J, (w * r).square())  # sum of the per-correspondence gradients' outer products (over 4)
+    A_inv = torch.linalg.pinv(_gram(J, curvature), hermitian=True)
     return A_inv @ B @ A_inv
 
 
