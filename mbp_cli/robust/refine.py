@@ -8,6 +8,7 @@ the scale given in the same units. Batched over H poses sharing the corresponden
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -278,8 +279,8 @@ def pose_covariance(
 ) -> torch.Tensor:
     """Sandwich covariance (H, 5, 5) of the robust fit's optimum at poses R (H, 3, 3), t (H, 3) unit.
 
-    The fit minimises ``sum_i w_i rho(r_i^2)``. Its M-estimator covariance is ``A^-1 B A^-1`` with ``A`` the cost's
-    Gauss–Newton Hessian (the curvature-corrected normal matrix of :func:`refine_pose`, half the Hessian) and
+    The fit minimises ``sum_i w_i rho(r_i^2)``. Its M-estimator covariance is ``A^-1 B A^-1`` with ``A`` half the
+    cost's Gauss–Newton Hessian (the normal matrix of :func:`refine_pose` with the Cauchy curvature unfloored) and
     ``B = sum_i (w_i rho'_i r_i)^2 J_i J_i^T`` the spread of the per-correspondence gradients (a quarter of their
     outer products' sum): the factors of 2 cancel. ``B`` is measured from the residuals themselves, so the noise
     level need not be known and heteroscedastic or mis-modelled noise is accounted for, as long as the
@@ -294,8 +295,15 @@ def pose_covariance(
         u = r * r / (scale * scale)
         curvature = w * (1.0 - u) / (1.0 + u)
     B = _gram(J, (w * r).square())  # sum of the per-correspondence gradients' outer products (over 4)
-    A_inv = torch.linalg.pinv(_gram(J, curvature), hermitian=True)
-    return A_inv @ B @ A_inv
+    eigenvalues, eigenvectors = torch.linalg.eigh(_gram(J, curvature))
+    # A direction the fit does not constrain at all (fewer than five matches, a degenerate configuration: curvature
+    # below 1e-12 of the largest) has no gradient spread either, so the sandwich would give it zero variance. It is
+    # undetermined: it gets the variance of an angle known to within pi radians.
+    free = eigenvalues <= eigenvalues[..., -1:].clamp_min(1e-300) * 1e-12
+    inverse = torch.where(free, 0.0, 1.0 / eigenvalues.clamp_min(1e-300))
+    A_inv = (eigenvectors * inverse[..., None, :]) @ eigenvectors.transpose(-1, -2)
+    unknown = (eigenvectors * (free * math.pi**2)[..., None, :]) @ eigenvectors.transpose(-1, -2)
+    return A_inv @ B @ A_inv + unknown
 
 
 def pose_sigma_deg(covariance: torch.Tensor) -> torch.Tensor:

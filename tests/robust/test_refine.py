@@ -317,3 +317,15 @@ def test_pose_sigma_deg_reads_the_two_blocks():
     covariance = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0], dtype=torch.float64))[None] * 1e-6
     sigma = pose_sigma_deg(covariance)[0]
     torch.testing.assert_close(sigma, torch.rad2deg(torch.tensor([6e-6, 9e-6], dtype=torch.float64).sqrt()))
+
+
+def test_pose_covariance_of_an_unconstrained_fit_is_huge_not_zero():
+    """Four correspondences leave one of the five directions free: its variance must blow up (a pseudo-inverse
+    would report zero there)."""
+    scene = make_scene(num_points=4, noise_px=0.5)
+    covariance = pose_covariance(scene.R[None], scene.t[None], scene.x0, scene.x1, 0.5 / scene.focal)
+    assert bool(torch.isfinite(covariance).all())
+    assert float(pose_sigma_deg(covariance)[0].max()) > 90.0
+    well = make_scene(num_points=100, noise_px=0.5)
+    sigma = pose_sigma_deg(pose_covariance(well.R[None], well.t[None], well.x0, well.x1, 0.5 / well.focal))[0]
+    assert float(sigma.max()) < 1.0
