@@ -21,7 +21,7 @@ Usage::
 
     python benchmarks/fit_uncertainty.py --scenes dino,kermit,kitti06 --ratio 0.95 --max-pairs-per-scene 150
 
-Writes ``fit_uncertainty_ratio<r>.md`` and ``.json`` under ``--out``.
+Writes ``<name>_ratio<r>.md`` and ``.json`` under ``--out`` (``--name``, default ``fit_uncertainty``).
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def main() -> None:
     parser = scene_parser(__doc__.split("\n\n")[0], "dino,kermit,kitti06", 0.95, 150)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="shipped model")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--name", default="fit_uncertainty", help="the result files' name")
     args = parser.parse_args()
     scenes = args.scenes.split(",")
     chunks = spread_pair_chunks(scene_dirs(args.scenes_root, scenes), args.ratio, args.max_pairs_per_scene)
@@ -148,7 +149,7 @@ def main() -> None:
         *(summary_row(s, [r for r in rows if r["scene"] == s]) for s in scenes),
         summary_row("all", rows),
     ]
-    publish(args.out, f"fit_uncertainty_ratio{args.ratio:g}", lines, rows)
+    publish(args.out, f"{args.name}_ratio{args.ratio:g}", lines, rows)
 
 
 if __name__ == "__main__":
