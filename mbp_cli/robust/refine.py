@@ -176,7 +176,9 @@ def robust_cost_and_weights(r2: torch.Tensor, scale: float, loss: str) -> tuple[
 MIN_CURVATURE = 0.2
 
 
-def normal_weights(r2: torch.Tensor, scale: float, loss: str, weights: torch.Tensor) -> torch.Tensor:
+def normal_weights(
+    r2: torch.Tensor, scale: float, loss: str, weights: torch.Tensor, min_curvature: float = MIN_CURVATURE
+) -> torch.Tensor:
     """Per-residual weights of the LM's normal matrix ``J^T diag(.) J``, from the IRLS weights ``rho'``.
 
     The cost's Hessian (up to the residuals' own curvature) weighs each residual by ``rho' + 2 rho'' r^2``. For the
@@ -185,12 +187,13 @@ def normal_weights(r2: torch.Tensor, scale: float, loss: str, weights: torch.Ten
     relative cost change on a KITTI pair at half a pixel, against 17 with it, to a lower final cost; 10 pairs: 126
     evaluations against 74). The factor is floored where the loss turns concave (``u > 1``), and
     :func:`refine_pose` only uses it once a step has been accepted. Huber and truncated losses have ``rho'' = 0`` where they
-    weigh anything, so their IRLS weights are already the Hessian's.
+    weigh anything, so their IRLS weights are already the Hessian's. ``min_curvature=-math.inf`` leaves the factor
+    unfloored: the cost's own curvature (:func:`pose_covariance`).
     """
     if loss != "cauchy":
         return weights
     u = r2 / (scale * scale)
-    return weights * ((1.0 - u) / (1.0 + u)).clamp_min(MIN_CURVATURE)
+    return weights * ((1.0 - u) / (1.0 + u)).clamp_min(min_curvature)
 
 
 def _cayley(a: torch.Tensor) -> torch.Tensor:
@@ -290,10 +293,7 @@ def pose_covariance(
     """
     t = t / t.norm(dim=-1, keepdim=True)
     r, J, w = _weighted_linearization(R, t, x0, x1, scale, loss, point_weights, noise)
-    curvature = w
-    if loss == "cauchy":  # rho' + 2 rho'' r^2, unfloored: the cost's own curvature (see normal_weights)
-        u = r * r / (scale * scale)
-        curvature = w * (1.0 - u) / (1.0 + u)
+    curvature = normal_weights(r * r, scale, loss, w, min_curvature=-math.inf)  # the cost's own, unfloored
     B = _gram(J, (w * r).square())  # sum of the per-correspondence gradients' outer products (over 4)
     eigenvalues, eigenvectors = torch.linalg.eigh(_gram(J, curvature))
     # A direction the fit does not constrain at all (fewer than five matches, a degenerate configuration: curvature
