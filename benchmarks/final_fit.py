@@ -15,12 +15,19 @@ refinement; each variant then fits the final pose from that same starting point,
   ``noise_fit.py``);
 * ``oracle-1px`` / ``oracle-1px-from-gt``: LM on the **ground-truth inliers** (Sampson distance to the true E below
   1 px and in front of both cameras), from the RANSAC pose or from the true pose;
-* ``oracle-0.5px-from-gt``: the same with ground-truth inliers below 0.5 px.
+* ``oracle-0.5px-from-gt``: the same with ground-truth inliers below 0.5 px;
+* ``decoy-1px`` / ``decoy-1px-from-decoy``: the control of the two 1 px oracles, with the true pose replaced by a
+  **decoy**: a pose the shipped fit (``lm-keypoint-noise-network-weights``) finds exactly as plausible as the truth
+  and as far from its estimate (:func:`matched_decoy`). The inliers are chosen by their residual to the decoy and
+  the error is measured against the decoy.
 
 The oracles are not methods: they bound what perfect inlier classification could give with this matcher and this
-fit (the 0.5 px one partly by construction, since its set is chosen with the true pose). A consensus network acts
-on the pose only through the matches it favours, so the gap between ``lm`` and ``oracle-1px`` is the room a
-learned estimator has above a classical one on these pairs.
+fit. But a set chosen by its residual to a pose keeps the matches whose noise happens to agree with that pose, so a
+fit on it leans towards that pose, whichever it is: the decoy rows measure how much of an oracle's gain is that
+selection alone. Where the decoy scores as well as the oracle, the matches hold no more evidence for the truth than
+for any pose the fit finds as plausible, and better inlier classification has nothing to find; what an oracle scores
+above its decoy is evidence the estimator leaves unused. A consensus network acts on the pose only through the
+matches it favours, so that difference is the room a learned estimator has above a classical one on these pairs.
 
 Usage::
 
@@ -31,9 +38,14 @@ Writes ``final_fit_ratio<r>.md`` and ``.json`` under ``--out``.
 
 from __future__ import annotations
 
+import math
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -44,6 +56,9 @@ from peers import CACHE, auc_rows, publish, scene_parser, single_thread, spread_
 from mbp_cli.data.matches import load_scene_matches, scene_dirs  # noqa: E402
 from mbp_cli.network.weights import DEFAULT_MODEL  # noqa: E402
 
+if TYPE_CHECKING:
+    import torch
+
 VARIANTS = (
     "lm",
     "lm-scale-0.5",
@@ -53,6 +68,8 @@ VARIANTS = (
     "oracle-1px",
     "oracle-1px-from-gt",
     "oracle-0.5px-from-gt",
+    "decoy-1px",
+    "decoy-1px-from-decoy",
 )
 
 
@@ -63,6 +80,52 @@ def noise_variant(a: float, b: float) -> str:
 def variant_names(noise_models: list[tuple[float, float]]) -> list[str]:
     """Every reported variant: the fixed ones, then one per ``--noise-models`` entry."""
     return [*VARIANTS, *(noise_variant(a, b) for a, b in noise_models)]
+
+
+def matched_decoy(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    covariance: torch.Tensor,
+    cost_at: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    rise: float,
+    distance_deg: float,
+    generator: torch.Generator,
+    samples: int = 4000,
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """A pose the fit finds as plausible as the truth and as far from its estimate: the oracles' control.
+
+    Draws ``samples`` poses around the fit's estimate ``R`` (3, 3), ``t`` (3,) along its covariance (5, 5)
+    (:func:`mbp_cli.robust.refine.pose_covariance`, the LM's local steps) at log-uniform radii from 0.1 to 20
+    standard deviations, and keeps the one whose rise of the fit's cost above the estimate's (``cost_at`` (H, 3, 3),
+    (H, 3) -> (H,), minus its value at the estimate) and whose pose error from the estimate (larger of rotation and
+    translation direction, degrees) best match the truth's ``rise`` and ``distance_deg`` (smallest sum of absolute
+    log ratios).
+
+    Returns:
+        The decoy's R (3, 3) and t (3,), and its rise and distance as ratios of the truth's.
+    """
+    import torch
+
+    from mbp_cli.robust.refine import perturb_pose
+
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    radius = torch.exp(
+        torch.empty(samples, 1, dtype=R.dtype).uniform_(math.log(0.1), math.log(20.0), generator=generator)
+    )
+    direction = torch.randn(samples, 5, dtype=R.dtype, generator=generator)
+    direction = direction / direction.norm(dim=1, keepdim=True)
+    steps = (direction * radius) @ (eigenvectors * eigenvalues.clamp_min(0.0).sqrt()).T
+    R_s, t_s = perturb_pose(R, t, steps)
+    R_all, t_all = torch.cat([R[None], R_s]), torch.cat([t[None], t_s])
+    # In chunks: one evaluation of thousands of poses on a thousand matches would take gigabytes.
+    costs = torch.cat([cost_at(R_all[i : i + 256], t_all[i : i + 256]) for i in range(0, len(R_all), 256)])
+    rises = (costs[1:] - costs[0]).clamp_min(1e-300)
+    rotation = torch.rad2deg(torch.arccos(((R_s @ R.T).diagonal(dim1=1, dim2=2).sum(1) - 1.0).div(2.0).clamp(-1, 1)))
+    translation = torch.rad2deg(torch.arccos((t_s @ t).abs().clamp(max=1.0)))
+    distances = torch.maximum(rotation, translation).clamp_min(1e-12)
+    mismatch = (rises / max(rise, 1e-300)).log().abs() + (distances / max(distance_deg, 1e-12)).log().abs()
+    k = int(mismatch.argmin())
+    return R_s[k], t_s[k], float(rises[k]) / max(rise, 1e-300), float(distances[k]) / max(distance_deg, 1e-12)
 
 
 def _worker(task: tuple) -> list[dict]:
@@ -76,7 +139,7 @@ def _worker(task: tuple) -> list[dict]:
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import load_model, load_weights
     from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-    from mbp_cli.robust.refine import RefineOptions, keypoint_noise, refine_pose
+    from mbp_cli.robust.refine import RefineOptions, keypoint_noise, pose_covariance, refine_pose
 
     net = load_weights(weights) if weights else load_model(model)
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
@@ -97,23 +160,34 @@ def _worker(task: tuple) -> list[dict]:
         t_gt = torch.from_numpy(pair.t).double()
         t_gt = t_gt / t_gt.norm()
 
-        def fit(start, mask, scale, weights=None, scales=None, x0=x0, x1=x1, pair=pair):
+        def fit_pose(start, mask, scale, weights=None, scales=None, options=RefineOptions(), x0=x0, x1=x1):
+            """The LM's pose (R, t) and final cost from ``start`` on the masked matches (None below 5)."""
             if int(mask.sum()) < 5:
-                return 180.0
+                return None
             w = None if weights is None else weights[mask][None]
             noise = None if scales is None else keypoint_noise(scales[0][mask], scales[1][mask])
-            R, t, _ = refine_pose(start[0][None], start[1][None], x0[mask], x1[mask], scale, RefineOptions(), w, noise)
-            return max(pose_error_deg(R[0].numpy(), t[0].numpy(), pair.R, pair.t))
+            R, t, cost = refine_pose(start[0][None], start[1][None], x0[mask], x1[mask], scale, options, w, noise)
+            return R[0], t[0], float(cost[0])
+
+        def fit(start, mask, scale, weights=None, scales=None, reference=(pair.R, pair.t)):
+            pose = fit_pose(start, mask, scale, weights, scales)
+            if pose is None:
+                return 180.0
+            return max(pose_error_deg(pose[0].numpy(), pose[1].numpy(), *reference))
+
+        def inliers_of(R, t, threshold, x0=x0, x1=x1):
+            """Matches within ``threshold`` of the pose's epipolar geometry and in front of both cameras."""
+            r2 = sampson_squared(essential_from_pose(R[None], t[None]), x0, x1)[0]
+            d0, d1 = triangulated_depths(R[None], t[None], x0, x1)
+            return (r2 < threshold**2) & (d0[0] > 0) & (d1[0] > 0)
 
         ransac = (res.R, res.t)
         scales = keypoint_scales(pair.side)
         probabilities = torch.sigmoid(logits.double())
         near = sampson_squared(essential_from_pose(res.R[None], res.t[None]), x0, x1)[0] < (3.0 * thr) ** 2
-        r2_gt = sampson_squared(essential_from_pose(R_gt[None], t_gt[None]), x0, x1)[0]
-        d0, d1 = triangulated_depths(R_gt[None], t_gt[None], x0, x1)
-        front = (d0[0] > 0) & (d1[0] > 0)
-        gt1 = (r2_gt < thr**2) & front
-        gt05 = (r2_gt < (0.5 * thr) ** 2) & front
+        gt1 = inliers_of(R_gt, t_gt, thr)
+        gt05 = inliers_of(R_gt, t_gt, 0.5 * thr)
+        shipped = fit_pose(ransac, near, 0.5 * thr, probabilities, scales)
         row.update(
             {
                 "lm": fit(ransac, near, thr),
@@ -127,12 +201,48 @@ def _worker(task: tuple) -> list[dict]:
                 "gt_inliers_1px": int(gt1.sum()),
             }
         )
+        if shipped is None:
+            row.update({"decoy-1px": 180.0, "decoy-1px-from-decoy": 180.0})
+        else:
+            R_e, t_e, cost_e = shipped
+            noise = keypoint_noise(scales[0][near], scales[1][near])
+            weights = probabilities[near][None]
+            covariance = pose_covariance(R_e[None], t_e[None], x0[near], x1[near], 0.5 * thr, "cauchy", weights, noise)[
+                0
+            ]
+
+            # An LM of no iterations returns the cost at its start.
+            def cost_at(R, t, x0=x0[near], x1=x1[near], scale=0.5 * thr, weights=weights, noise=noise):
+                return refine_pose(R, t, x0, x1, scale, RefineOptions(max_iterations=0), weights, noise)[2]
+
+            rise = float(cost_at(R_gt[None], t_gt[None])[0]) - cost_e
+            distance = max(pose_error_deg(R_gt.numpy(), t_gt.numpy(), R_e.numpy(), t_e.numpy()))
+            generator = torch.Generator().manual_seed(i)
+            R_d, t_d, rise_ratio, distance_ratio = matched_decoy(
+                R_e, t_e, covariance, cost_at, rise, distance, generator
+            )
+            decoy1 = inliers_of(R_d, t_d, thr)
+            decoy = (R_d.numpy(), t_d.numpy())
+            row["decoy-1px"] = fit(ransac, decoy1, thr, reference=decoy)
+            row["decoy-1px-from-decoy"] = fit((R_d, t_d), decoy1, thr, reference=decoy)
+            row.update({"decoy_rise_ratio": rise_ratio, "decoy_distance_ratio": distance_ratio})
         lowe = torch.from_numpy(pair.side["ratio"]).double()
         for a, b in noise_models:
             shared = torch.exp(b * lowe)
             row[noise_variant(a, b)] = fit(ransac, near, 0.5 * thr, scales=tuple(s**a * shared for s in scales))
         rows.append(row)
     return rows
+
+
+def decoy_row(scene: str, rows: list[dict]) -> str:
+    """``| scene | pairs | median rise ratio | median distance ratio |`` of the decoys against the truth."""
+    rows = [r for r in rows if "decoy_rise_ratio" in r and (scene == "all" or r["scene"] == scene)]
+    if not rows:
+        return f"| {scene} | 0 | - | - |"
+    rise = np.median([r["decoy_rise_ratio"] for r in rows])
+    distance = np.median([r["decoy_distance_ratio"] for r in rows])
+    within = np.mean([abs(math.log(r["decoy_rise_ratio"])) < math.log(1.5) for r in rows])
+    return f"| {scene} | {len(rows)} | {rise:.2f} | {distance:.2f} | {100 * within:.0f} % |"
 
 
 def main() -> None:
@@ -161,6 +271,13 @@ def main() -> None:
         f"{', '.join(scenes)}; the same RANSAC start for every variant (see the module docstring).",
         "",
         *auc_rows(rows, variant_names(noise_models), scenes, "variant"),
+        "",
+        "How closely the decoys match the truth: the rise of the shipped fit's cost above its estimate and the "
+        "distance from the estimate, each as a ratio of the truth's (1 is a perfect match).",
+        "",
+        "| scene | pairs | median rise ratio | median distance ratio | rise within 1.5x |",
+        "|---|---|---|---|---|",
+        *(decoy_row(s, rows) for s in [*scenes, "all"]),
     ]
     stem = f"final_fit{'_' + args.name if args.name else ''}_ratio{args.ratio:g}"
     stem += f"_{Path(args.weights).stem}" if args.weights else ""
