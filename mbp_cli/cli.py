@@ -92,7 +92,12 @@ def estimate(
     K0: Annotated[str | None, typer.Option("--K0", help="Calibration of image 0 (with --K1).")] = None,
     K1: Annotated[str | None, typer.Option("--K1", help="Calibration of image 1 (with --K0).")] = None,
     camera_id: Annotated[
-        int | None, typer.Option("--camera-id", help="Camera id in a COLMAP file with several cameras.")
+        int | None,
+        typer.Option(
+            "--camera-id",
+            help="Camera id in a COLMAP file with several cameras (default: each image's camera in the model's "
+            "images.txt/.bin, found by file name).",
+        ),
     ] = None,
     camera_id0: Annotated[
         int | None, typer.Option("--camera-id0", help="COLMAP camera id of image 0 (overrides --camera-id).")
@@ -134,7 +139,9 @@ def estimate(
             check_visualization_path(save_viz)
         if save_viz is not None and save_matches is not None and save_viz.resolve() == save_matches.resolve():
             raise fail("--save-viz and --save-matches name the same file; give two paths", ExitCode.OUTPUT)
-        camera0, camera1 = resolve_cameras(K, K0, K1, camera_id, camera_id0=camera_id0, camera_id1=camera_id1)
+        camera0, camera1 = resolve_cameras(
+            K, K0, K1, camera_id, camera_id0=camera_id0, camera_id1=camera_id1, image0=image0, image1=image1
+        )
         try:
             pair_matcher = create_pair_matcher(config)
             network = create_network(config)

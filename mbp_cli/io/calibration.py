@@ -801,6 +801,11 @@ def _read_colmap_cameras_bin(path: str | os.PathLike[str]) -> dict[int, _ColmapE
     return entries
 
 
+def _read_colmap_entries(path: Path) -> dict[int, _ColmapEntry]:
+    """The raw camera entries of a COLMAP ``cameras.bin`` (by extension) or ``cameras.txt``."""
+    return _read_colmap_cameras_bin(path) if path.suffix.lower() == ".bin" else _read_colmap_cameras_txt(path)
+
+
 def _convert_entry(entry: _ColmapEntry, source: str) -> Camera:
     """Convert one parsed COLMAP camera, with errors naming the file and the camera."""
     where = f"{source} (camera {entry.camera_id}, {entry.where})"
@@ -825,7 +830,7 @@ def read_colmap_cameras(path: str | os.PathLike[str], errors: dict[int, str] | N
             invalid values.
     """
     p = Path(path)
-    entries = _read_colmap_cameras_bin(p) if p.suffix.lower() == ".bin" else _read_colmap_cameras_txt(p)
+    entries = _read_colmap_entries(p)
     cameras: dict[int, Camera] = {}
     for cid, entry in entries.items():
         try:
@@ -852,7 +857,7 @@ def select_camera(path: str | os.PathLike[str], camera_id: int | None = None) ->
     """
     p = Path(path)
     source = f"calibration file {p}"
-    entries = _read_colmap_cameras_bin(p) if p.suffix.lower() == ".bin" else _read_colmap_cameras_txt(p)
+    entries = _read_colmap_entries(p)
     id_list = list(entries)
     # Name the ids so the user can pick one, but keep the message one readable line for big models.
     ids = ", ".join(str(i) for i in id_list[:12]) + (", ..." if len(id_list) > 12 else "")
@@ -958,6 +963,43 @@ def load_camera(spec: str, camera_id: int | None = None) -> Camera:
     raise CalibrationError(f"calibration '{spec}' is neither a file nor fx,fy,cx,cy")
 
 
+def colmap_camera_id_of(cameras_file: Path, image: str) -> int | None:
+    """The camera id of ``image`` (a path; matched by file name) in the COLMAP model holding ``cameras_file``.
+
+    Reads ``images.bin`` or ``images.txt`` beside the cameras file. COLMAP names images relative to its image
+    folder, possibly with sub-folders, so a name matches when it is the image's file name or ends with
+    ``/<file name>``; with several such names the longest one that the image's path ends with wins.
+
+    Returns:
+        The id, or None when the model has no images file or does not hold the image.
+
+    Raises:
+        CalibrationError: an unreadable images file, or a file name that matches several images equally well.
+    """
+    from mbp_cli.io.colmap import read_images_bin, read_images_txt
+
+    folder = cameras_file.parent
+    images_file = next((folder / n for n in ("images.bin", "images.txt") if (folder / n).is_file()), None)
+    if images_file is None:
+        return None
+    images = read_images_bin(images_file) if images_file.suffix == ".bin" else read_images_txt(images_file)
+    path = Path(image).expanduser().resolve().as_posix()
+    basename = Path(image).name
+    candidates = [n for n in images if n == basename or n.endswith("/" + basename)]
+    # Prefer the names that the image's own path ends with (sub-folder names agree), longest first.
+    agreeing = sorted((n for n in candidates if path.endswith("/" + n)), key=len, reverse=True)
+    if agreeing and (len(agreeing) == 1 or len(agreeing[0]) > len(agreeing[1])):
+        return images[agreeing[0]].camera_id
+    if len({images[n].camera_id for n in candidates}) == 1:
+        return images[candidates[0]].camera_id
+    if candidates:
+        shown = ", ".join(candidates[:4]) + (", ..." if len(candidates) > 4 else "")
+        raise CalibrationError(
+            f"{images_file}: several images are called {basename} ({shown}); pass the camera id with --camera-id0/1"
+        )
+    return None
+
+
 def resolve_cameras(
     K: str | None,
     K0: str | None,
@@ -966,13 +1008,17 @@ def resolve_cameras(
     *,
     camera_id0: int | None = None,
     camera_id1: int | None = None,
+    image0: str | None = None,
+    image1: str | None = None,
 ) -> tuple[Camera, Camera]:
     """The cameras of image 0 and image 1 from the command-line options.
 
-    Either ``K`` alone (one calibration shared by both images) or both ``K0`` and ``K1``. ``camera_id`` selects a
-    camera in COLMAP files (the same id for both images); ``camera_id0`` / ``camera_id1`` override it per image
-    (for two images of one COLMAP model taken by different cameras). An id is only passed to COLMAP specs, and
-    is an error if no spec is a COLMAP file.
+    Either ``K`` alone (a calibration of both images) or both ``K0`` and ``K1``. ``camera_id`` selects a camera in
+    COLMAP files (the same id for both images); ``camera_id0`` / ``camera_id1`` override it per image (two images of
+    one COLMAP model taken by different cameras, from ``K`` or from ``K0`` and ``K1``). An id is only passed to
+    COLMAP specs, and is an error if no spec is a COLMAP file. When a COLMAP model holds several cameras and no id
+    is given for an image, the image's camera is looked up by its file name (``image0`` / ``image1``) in the
+    model's ``images.bin`` / ``images.txt`` (:func:`colmap_camera_id_of`).
 
     Args:
         K: spec for both images (see :func:`load_camera`), or None.
@@ -981,9 +1027,10 @@ def resolve_cameras(
         camera_id: COLMAP camera id for both images, or None.
         camera_id0: COLMAP camera id for image 0 (overrides ``camera_id``).
         camera_id1: COLMAP camera id for image 1 (overrides ``camera_id``).
+        image0, image1: the images' paths, to find their cameras in a multi-camera COLMAP model.
 
     Returns:
-        (camera of image 0, camera of image 1) — the same object twice when ``K`` is given.
+        (camera of image 0, camera of image 1) — the same object twice when both come from one camera.
 
     Raises:
         CalibrationError: a wrong combination of options, or an invalid calibration.
@@ -995,17 +1042,26 @@ def resolve_cameras(
     if K is None and (K0 is None or K1 is None):
         missing = "--K1" if K1 is None else "--K0"
         raise CalibrationError(f"{missing} is missing; give --K for both images or both --K0 and --K1")
-    id0 = camera_id0 if camera_id0 is not None else camera_id
-    id1 = camera_id1 if camera_id1 is not None else camera_id
-    if K is not None:
-        if id0 != id1:
-            raise CalibrationError("--K shares one camera between both images; use --K0 and --K1 for two camera ids")
-        cam = load_camera(K, id0)
-        return cam, cam
-    assert K0 is not None and K1 is not None
-    is_colmap = [_classify(s.strip())[0] in ("colmap_txt", "colmap_bin") for s in (K0, K1)]
-    if (id0 is not None or id1 is not None) and not any(is_colmap):
+    specs = (K, K) if K is not None else (K0, K1)
+    assert specs[0] is not None and specs[1] is not None
+    ids = [camera_id0 if camera_id0 is not None else camera_id, camera_id1 if camera_id1 is not None else camera_id]
+    kinds = [_classify(spec.strip()) for spec in specs]
+    is_colmap = [kind in ("colmap_txt", "colmap_bin") for kind, _ in kinds]
+    if (ids[0] is not None or ids[1] is not None) and not any(is_colmap):
+        if K is not None:
+            given = ids[0] if ids[0] is not None else ids[1]
+            raise CalibrationError(
+                f"--camera-id {given} only applies to COLMAP cameras.txt/cameras.bin files, not to '{K}'"
+            )
         raise CalibrationError("--camera-id only applies to COLMAP cameras.txt/cameras.bin calibrations")
-    cam0 = load_camera(K0, id0 if is_colmap[0] else None)
-    cam1 = load_camera(K1, id1 if is_colmap[1] else None)
+    for n, image in enumerate((image0, image1)):
+        path = kinds[n][1]
+        if ids[n] is None and is_colmap[n] and image is not None and path is not None:
+            if len(_read_colmap_entries(path)) > 1:
+                ids[n] = colmap_camera_id_of(path, image)
+    if K is not None and ids[0] == ids[1]:
+        cam = load_camera(K, ids[0])
+        return cam, cam
+    cam0 = load_camera(specs[0], ids[0] if is_colmap[0] else None)
+    cam1 = load_camera(specs[1], ids[1] if is_colmap[1] else None)
     return cam0, cam1

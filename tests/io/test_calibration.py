@@ -565,12 +565,72 @@ def test_resolve_cameras(tmp_path: Path) -> None:
     # --K with a multi-camera COLMAP file: --camera-id picks one for both images.
     c0, c1 = resolve_cameras(cams, None, None, 2)
     assert c0 is c1 and c0.model == "RADIAL"
-    # Per-image ids.
+    # Per-image ids, from --K0 and --K1 or from one --K.
     c0, c1 = resolve_cameras(None, cams, cams, None, camera_id0=1, camera_id1=2)
+    assert (c0.model, c1.model) == ("PINHOLE", "RADIAL")
+    c0, c1 = resolve_cameras(cams, None, None, None, camera_id0=1, camera_id1=2)
+    assert (c0.model, c1.model) == ("PINHOLE", "RADIAL")
+    c0, c1 = resolve_cameras(cams, None, None, 1, camera_id1=2)
     assert (c0.model, c1.model) == ("PINHOLE", "RADIAL")
     # The id only goes to COLMAP specs when the other one is inline.
     c0, c1 = resolve_cameras(None, cams, "700,710,320,240", 2)
     assert (c0.model, c1.model) == ("RADIAL", "PINHOLE")
+
+
+def _two_camera_model(folder: Path, images: list[tuple[str, int]]) -> Path:
+    """A COLMAP text model with a PINHOLE camera 1 and a RADIAL camera 2, and ``images`` (name, camera id)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [_colmap_line(1, "PINHOLE", COLMAP_CAMERAS["PINHOLE"]), _colmap_line(2, "RADIAL", COLMAP_CAMERAS["RADIAL"])]
+    _write(folder / "cameras.txt", "\n".join(lines) + "\n")
+    # Each image line is followed by its (here empty) 2D-points line.
+    body = "".join(f"{i + 1} 1 0 0 0 0 0 0 {cid} {name}\n\n" for i, (name, cid) in enumerate(images))
+    _write(folder / "images.txt", "# Image list\n" + body)
+    return folder
+
+
+def test_resolve_cameras_finds_each_images_camera_in_the_model(tmp_path: Path) -> None:
+    model = _two_camera_model(tmp_path / "sparse", [("a.jpg", 1), ("b.jpg", 2), ("left/c.png", 2), ("right/c.png", 1)])
+    images = tmp_path / "images"
+    # By file name: a model folder or its cameras file, for --K or --K0/--K1.
+    for spec in (str(model), str(model / "cameras.txt")):
+        c0, c1 = resolve_cameras(spec, None, None, None, image0=str(images / "a.jpg"), image1=str(images / "b.jpg"))
+        assert (c0.model, c1.model) == ("PINHOLE", "RADIAL")
+        c0, c1 = resolve_cameras(None, spec, spec, None, image0=str(images / "b.jpg"), image1=str(images / "a.jpg"))
+        assert (c0.model, c1.model) == ("RADIAL", "PINHOLE")
+    # One camera for both: the same object, as with one id.
+    c0, c1 = resolve_cameras(str(model), None, None, None, image0="b.jpg", image1="x/left/c.png")
+    assert c0 is c1 and c0.model == "RADIAL"
+    # Sub-folders tell images of the same file name apart.
+    c0, c1 = resolve_cameras(str(model), None, None, None, image0="/d/left/c.png", image1="/d/right/c.png")
+    assert (c0.model, c1.model) == ("RADIAL", "PINHOLE")
+    # An explicit id wins over the lookup.
+    c0, c1 = resolve_cameras(str(model), None, None, None, camera_id0=2, image0="a.jpg", image1="b.jpg")
+    assert (c0.model, c1.model) == ("RADIAL", "RADIAL")
+
+
+@pytest.mark.parametrize(
+    ("image", "needle"),
+    [
+        ("elsewhere/c.png", "several images are called c.png (left/c.png, right/c.png); pass the camera id"),
+        ("unknown.jpg", "holds 2 cameras (ids 1, 2); pass --camera-id"),
+    ],
+)
+def test_resolve_cameras_lookup_errors_name_the_fix(tmp_path: Path, image: str, needle: str) -> None:
+    model = _two_camera_model(tmp_path / "sparse", [("a.jpg", 1), ("left/c.png", 2), ("right/c.png", 1)])
+    with pytest.raises(CalibrationError) as exc:
+        resolve_cameras(str(model), None, None, None, image0="a.jpg", image1=image)
+    assert needle in _err(exc)
+
+
+@pytest.mark.skipif(not SCENES.is_dir(), reason="development scenes not available")
+def test_resolve_cameras_real_multi_camera_model() -> None:
+    """kermit: nine images, each with its own RADIAL camera, in one COLMAP model (kermit008.jpg has camera 7)."""
+    model = SCENES / "kermit" / "sparse"
+    images = SCENES / "kermit" / "images"
+    c0, c1 = resolve_cameras(
+        str(model), None, None, None, image0=str(images / "kermit000.jpg"), image1=str(images / "kermit008.jpg")
+    )
+    assert (c0.fx, c1.fx) == (688.3619195, 720.1029508)
 
 
 @pytest.mark.parametrize(
@@ -582,7 +642,6 @@ def test_resolve_cameras(tmp_path: Path) -> None:
         ((None, "K0", None, None), {}, "--K1 is missing; give --K for both images or both --K0 and --K1"),
         ((None, None, "K1", None), {}, "--K0 is missing"),
         (("cams", None, None, None), {}, "holds 2 cameras (ids 1, 2); pass --camera-id"),
-        (("cams", None, None, None), {"camera_id0": 1, "camera_id1": 2}, "use --K0 and --K1"),
         (("K", None, None, 1), {}, "--camera-id 1 only applies to COLMAP"),
         ((None, "K", "700,710,320,240", 1), {}, "--camera-id only applies to COLMAP"),
         (("cams", None, None, 7), {}, "no camera with id 7"),
