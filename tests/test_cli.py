@@ -676,6 +676,22 @@ def test_calibration_image_size_mismatch(mbp, tmp_path, out):
     assert_error(result, 4, f"{width // 2}x{height // 2}", f"{width}x{height}", REL0, out=out)
 
 
+def test_colmap_model_gives_each_image_its_camera(mbp, tmp_path, out):
+    """--K on a two-camera model: each image's camera comes from images.txt by file name. Image 1's camera there is
+    half the size of the image, so the size check names image 1 (and not image 0, nor a missing camera id)."""
+    height, width = sample_size()
+    _, _, fx, fy, cx, cy = read_colmap_pinhole(CAMERAS)
+    model = tmp_path / "sparse"
+    model.mkdir()
+    (model / "cameras.txt").write_text(
+        f"1 PINHOLE {width} {height} {fx} {fy} {cx} {cy}\n2 PINHOLE {width // 2} {height // 2} {fx} {fy} {cx} {cy}\n"
+    )
+    (model / "images.txt").write_text(f"1 1 0 0 0 0 0 0 1 {Path(REL0).name}\n\n2 1 0 0 0 0 0 0 2 {Path(REL1).name}\n\n")
+    result = mbp(estimate_args(REL0, REL1, *output_args(out), K=model))
+    line = assert_error(result, 4, f"{width // 2}x{height // 2}", REL1, out=out)
+    assert REL0 not in line
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Output paths -> exit 5
 
