@@ -5,7 +5,9 @@ run on the same machine. Here every pair runs ``--repeats`` times, mbp (network 
 default RANSAC) and PoseLib (1 px, default options) alternating, one thread, and each method's time of a pair is its
 **fastest** repeat: interruptions by the rest of the machine only ever add time, so the minimum is the estimate of
 the method's own cost. Reported per Lowe ratio: the median over pairs of those times for each method, their ratio,
-the median of the per-pair ratios and the share of pairs on which mbp is the faster.
+the median of the per-pair ratios and the share of pairs on which mbp is the faster; then the same per scene, with
+mbp's mean number of minimal samples (a narrow view's ill-conditioned fit samples on to 512, and its final LM restarts
+along the valley: that is where mbp costs more than PoseLib).
 
 Usage::
 
@@ -45,7 +47,8 @@ def _time_pairs(pairs: list, indices: list[int], ratio: float, net, poselib, rep
         mbp_ms, poselib_ms = [], []
         for _ in range(repeats):
             scores, network_ms = _network_logits(net, pair, options.probability_weights)
-            mbp_ms.append(network_ms + _run_mbp(pair, "mbp-gumbel", scores, options)[4])
+            _, _, _, iterations, ransac_ms, _ = _run_mbp(pair, "mbp-gumbel", scores, options)
+            mbp_ms.append(network_ms + ransac_ms)
             start = time.perf_counter()
             poselib.estimate(pair.x0, pair.x1, pair.focal, 1.0)
             poselib_ms.append((time.perf_counter() - start) * 1e3)
@@ -56,6 +59,7 @@ def _time_pairs(pairs: list, indices: list[int], ratio: float, net, poselib, rep
                 "image1": pair.image1,
                 "ratio": ratio,
                 "num_matches": len(pair),
+                "mbp_iterations": iterations,
                 "mbp_ms": min(mbp_ms),
                 "poselib_ms": min(poselib_ms),
                 "mbp_ms_all": mbp_ms,
@@ -65,15 +69,37 @@ def _time_pairs(pairs: list, indices: list[int], ratio: float, net, poselib, rep
     return rows
 
 
-def summary_line(rows: list[dict], ratio: float) -> str:
-    """One markdown table row: pairs, median fastest times, their ratio, median per-pair ratio, share mbp faster."""
+def summary_cells(rows: list[dict]) -> str:
+    """``pairs | mbp median ms | PoseLib median ms | ratio of medians | median per-pair ratio | pairs mbp faster``."""
     mbp = np.array([r["mbp_ms"] for r in rows])
     poselib = np.array([r["poselib_ms"] for r in rows])
     per_pair = mbp / poselib
     return (
-        f"| {ratio:g} | {len(rows)} | {np.median(mbp):.1f} | {np.median(poselib):.1f} | "
-        f"{np.median(mbp) / np.median(poselib):.2f}x | {np.median(per_pair):.2f}x | {100 * (per_pair < 1).mean():.0f} % |"
+        f"{len(rows)} | {np.median(mbp):.1f} | {np.median(poselib):.1f} | {np.median(mbp) / np.median(poselib):.2f}x | "
+        f"{np.median(per_pair):.2f}x | {100 * (per_pair < 1).mean():.0f} %"
     )
+
+
+def summary_line(rows: list[dict], ratio: float) -> str:
+    """One markdown table row of a Lowe ratio: :func:`summary_cells`."""
+    return f"| {ratio:g} | {summary_cells(rows)} |"
+
+
+def scene_lines(rows: list[dict]) -> list[str]:
+    """The per-scene table: :func:`summary_cells` and mbp's mean number of minimal samples, per ratio and scene."""
+    lines = [
+        "| Lowe ratio | scene | pairs | mbp median ms | PoseLib median ms | ratio of medians | median per-pair ratio "
+        "| pairs mbp faster | mbp mean samples | median matches |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ratio in dict.fromkeys(r["ratio"] for r in rows):
+        for scene in dict.fromkeys(r["scene"] for r in rows):
+            part = [r for r in rows if r["ratio"] == ratio and r["scene"] == scene]
+            if part:
+                samples = np.mean([r["mbp_iterations"] for r in part])
+                matches = np.median([r["num_matches"] for r in part])
+                lines.append(f"| {ratio:g} | {scene} | {summary_cells(part)} | {samples:.0f} | {matches:.0f} |")
+    return lines
 
 
 def main() -> None:
@@ -120,6 +146,7 @@ def main() -> None:
             part += _time_pairs(pairs, indices, ratio, net, poselib, args.repeats)
         rows += part
         lines.append(summary_line(part, ratio))
+    lines += ["", "Per scene:", "", *scene_lines(rows)]
     stem = f"timing_{args.model}"
     publish(args.out, stem, lines, rows)
 
