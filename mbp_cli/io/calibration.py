@@ -963,18 +963,12 @@ def load_camera(spec: str, camera_id: int | None = None) -> Camera:
     raise CalibrationError(f"calibration '{spec}' is neither a file nor fx,fy,cx,cy")
 
 
-def colmap_camera_id_of(cameras_file: Path, image: str) -> int | None:
-    """The camera id of ``image`` (a path; matched by file name) in the COLMAP model holding ``cameras_file``.
-
-    Reads ``images.bin`` or ``images.txt`` beside the cameras file. COLMAP names images relative to its image
-    folder, possibly with sub-folders, so a name matches when it is the image's file name or ends with
-    ``/<file name>``; with several such names the longest one that the image's path ends with wins.
-
-    Returns:
-        The id, or None when the model has no images file or does not hold the image.
+def colmap_image_cameras(cameras_file: Path) -> tuple[Path, dict[str, int]] | None:
+    """The images file beside a COLMAP ``cameras_file`` (``images.bin`` first, else ``images.txt``) and its image
+    names' camera ids, or None when the model has no images file.
 
     Raises:
-        CalibrationError: an unreadable images file, or a file name that matches several images equally well.
+        CalibrationError: an unreadable or malformed images file.
     """
     from mbp_cli.io.colmap import read_images_bin, read_images_txt
 
@@ -983,15 +977,32 @@ def colmap_camera_id_of(cameras_file: Path, image: str) -> int | None:
     if images_file is None:
         return None
     images = read_images_bin(images_file) if images_file.suffix == ".bin" else read_images_txt(images_file)
+    return images_file, {name: image.camera_id for name, image in images.items()}
+
+
+def camera_id_by_name(images_file: Path, camera_ids: dict[str, int], image: str) -> int | None:
+    """The camera id of ``image`` (a path; matched by file name) among a COLMAP model's image names.
+
+    COLMAP names images relative to its image folder, possibly with sub-folders, so a name matches when it is the
+    image's file name or ends with ``/<file name>``; with several such names the longest one that the image's path
+    ends with wins. ``camera_ids`` (name → id) and ``images_file`` (named in errors) come from
+    :func:`colmap_image_cameras`.
+
+    Returns:
+        The id, or None when the model does not hold the image.
+
+    Raises:
+        CalibrationError: a file name that matches several images of different cameras equally well.
+    """
     path = Path(image).expanduser().resolve().as_posix()
     basename = Path(image).name
-    candidates = [n for n in images if n == basename or n.endswith("/" + basename)]
+    candidates = [n for n in camera_ids if n == basename or n.endswith("/" + basename)]
     # Prefer the names that the image's own path ends with (sub-folder names agree), longest first.
     agreeing = sorted((n for n in candidates if path.endswith("/" + n)), key=len, reverse=True)
     if agreeing and (len(agreeing) == 1 or len(agreeing[0]) > len(agreeing[1])):
-        return images[agreeing[0]].camera_id
-    if len({images[n].camera_id for n in candidates}) == 1:
-        return images[candidates[0]].camera_id
+        return camera_ids[agreeing[0]]
+    if len({camera_ids[n] for n in candidates}) == 1:
+        return camera_ids[candidates[0]]
     if candidates:
         shown = ", ".join(candidates[:4]) + (", ..." if len(candidates) > 4 else "")
         raise CalibrationError(
@@ -1018,7 +1029,7 @@ def resolve_cameras(
     one COLMAP model taken by different cameras, from ``K`` or from ``K0`` and ``K1``). An id is only passed to
     COLMAP specs, and is an error if no spec is a COLMAP file. When a COLMAP model holds several cameras and no id
     is given for an image, the image's camera is looked up by its file name (``image0`` / ``image1``) in the
-    model's ``images.bin`` / ``images.txt`` (:func:`colmap_camera_id_of`).
+    model's ``images.bin`` / ``images.txt`` (:func:`colmap_image_cameras`, :func:`camera_id_by_name`).
 
     Args:
         K: spec for both images (see :func:`load_camera`), or None.
@@ -1054,11 +1065,16 @@ def resolve_cameras(
                 f"--camera-id {given} only applies to COLMAP cameras.txt/cameras.bin files, not to '{K}'"
             )
         raise CalibrationError("--camera-id only applies to COLMAP cameras.txt/cameras.bin calibrations")
+    # Each model's files are read once, also when both images' cameras come from it (--K).
+    lookups: dict[Path, tuple[Path, dict[str, int]] | None] = {}
     for n, image in enumerate((image0, image1)):
         path = kinds[n][1]
         if ids[n] is None and is_colmap[n] and image is not None and path is not None:
-            if len(_read_colmap_entries(path)) > 1:
-                ids[n] = colmap_camera_id_of(path, image)
+            if path not in lookups:
+                lookups[path] = colmap_image_cameras(path) if len(_read_colmap_entries(path)) > 1 else None
+            lookup = lookups[path]
+            if lookup is not None:
+                ids[n] = camera_id_by_name(*lookup, image)
     if K is not None and ids[0] == ids[1]:
         cam = load_camera(K, ids[0])
         return cam, cam
