@@ -138,8 +138,8 @@ def _worker(task: tuple) -> list[dict]:
     from mbp_cli.metrics import pose_error_deg
     from mbp_cli.network.features import network_inputs, sampling_quality, score_correspondences
     from mbp_cli.network.weights import load_model, load_weights
-    from mbp_cli.robust.ransac import RansacOptions, ransac_essential
-    from mbp_cli.robust.refine import RefineOptions, keypoint_noise, pose_covariance, refine_pose
+    from mbp_cli.robust.ransac import FitProblem, RansacOptions, ransac_essential
+    from mbp_cli.robust.refine import RefineOptions, keypoint_noise, refine_pose
 
     net = load_weights(weights) if weights else load_model(model)
     pairs = load_scene_matches(Path(scene_dir), ratio, cache_dir=CACHE)
@@ -160,20 +160,24 @@ def _worker(task: tuple) -> list[dict]:
         t_gt = torch.from_numpy(pair.t).double()
         t_gt = t_gt / t_gt.norm()
 
-        def fit_pose(start, mask, scale, weights=None, scales=None, options=RefineOptions(), x0=x0, x1=x1):
-            """The LM's pose (R, t) and final cost from ``start`` on the masked matches (None below 5)."""
+        def fit_pose(start, mask, scale, weights=None, scales=None, x0=x0, x1=x1):
+            """The LM from ``start`` on the masked matches: ``(its FitProblem, R, t, final cost)``, None below 5."""
             if int(mask.sum()) < 5:
                 return None
             w = None if weights is None else weights[mask][None]
             noise = None if scales is None else keypoint_noise(scales[0][mask], scales[1][mask])
-            R, t, cost = refine_pose(start[0][None], start[1][None], x0[mask], x1[mask], scale, options, w, noise)
-            return R[0], t[0], float(cost[0])
+            problem = FitProblem(x0[mask], x1[mask], scale, "cauchy", w, noise)
+            R, t, cost = refine_pose(
+                start[0][None], start[1][None], problem.x0, problem.x1, scale, RefineOptions(), w, noise
+            )
+            return problem, R[0], t[0], float(cost[0])
+
+        def error(fitted, reference=(pair.R, pair.t)):
+            """A :func:`fit_pose` result's pose error from ``reference`` (180 without a fit)."""
+            return 180.0 if fitted is None else max(pose_error_deg(fitted[1].numpy(), fitted[2].numpy(), *reference))
 
         def fit(start, mask, scale, weights=None, scales=None, reference=(pair.R, pair.t)):
-            pose = fit_pose(start, mask, scale, weights, scales)
-            if pose is None:
-                return 180.0
-            return max(pose_error_deg(pose[0].numpy(), pose[1].numpy(), *reference))
+            return error(fit_pose(start, mask, scale, weights, scales), reference)
 
         def inliers_of(R, t, threshold, x0=x0, x1=x1):
             """Matches within ``threshold`` of the pose's epipolar geometry and in front of both cameras."""
@@ -187,6 +191,7 @@ def _worker(task: tuple) -> list[dict]:
         near = sampson_squared(essential_from_pose(res.R[None], res.t[None]), x0, x1)[0] < (3.0 * thr) ** 2
         gt1 = inliers_of(R_gt, t_gt, thr)
         gt05 = inliers_of(R_gt, t_gt, 0.5 * thr)
+        # The shipped final fit (keypoint noise, half scale, probability weights): a row, and the decoys' reference.
         shipped = fit_pose(ransac, near, 0.5 * thr, probabilities, scales)
         row.update(
             {
@@ -194,7 +199,7 @@ def _worker(task: tuple) -> list[dict]:
                 "lm-scale-0.5": fit(ransac, near, 0.5 * thr),
                 "lm-scale-0.5-keypoint-noise": fit(ransac, near, 0.5 * thr, scales=scales),
                 "lm-network-weights": fit(ransac, near, thr, probabilities),
-                "lm-keypoint-noise-network-weights": fit(ransac, near, 0.5 * thr, probabilities, scales),
+                "lm-keypoint-noise-network-weights": error(shipped),
                 "oracle-1px": fit(ransac, gt1, thr),
                 "oracle-1px-from-gt": fit((R_gt, t_gt), gt1, thr),
                 "oracle-0.5px-from-gt": fit((R_gt, t_gt), gt05, thr),
@@ -204,16 +209,13 @@ def _worker(task: tuple) -> list[dict]:
         if shipped is None:
             row.update({"decoy-1px": 180.0, "decoy-1px-from-decoy": 180.0})
         else:
-            R_e, t_e, cost_e = shipped
-            noise = keypoint_noise(scales[0][near], scales[1][near])
-            weights = probabilities[near][None]
-            covariance = pose_covariance(R_e[None], t_e[None], x0[near], x1[near], 0.5 * thr, "cauchy", weights, noise)[
-                0
-            ]
+            problem, R_e, t_e, cost_e = shipped
+            covariance = problem.covariance(R_e, t_e)
 
             # An LM of no iterations returns the cost at its start.
-            def cost_at(R, t, x0=x0[near], x1=x1[near], scale=0.5 * thr, weights=weights, noise=noise):
-                return refine_pose(R, t, x0, x1, scale, RefineOptions(max_iterations=0), weights, noise)[2]
+            def cost_at(R, t, fit=problem):
+                no_steps = RefineOptions(max_iterations=0)
+                return refine_pose(R, t, fit.x0, fit.x1, fit.scale, no_steps, fit.weights, fit.noise)[2]
 
             rise = float(cost_at(R_gt[None], t_gt[None])[0]) - cost_e
             distance = max(pose_error_deg(R_gt.numpy(), t_gt.numpy(), R_e.numpy(), t_e.numpy()))
@@ -235,7 +237,8 @@ def _worker(task: tuple) -> list[dict]:
 
 
 def decoy_row(scene: str, rows: list[dict]) -> str:
-    """``| scene | pairs | median rise ratio | median distance ratio |`` of the decoys against the truth."""
+    """``| scene | pairs | median rise ratio | median distance ratio | rise within 1.5x |`` of the decoys against the
+    truth (ratios of the decoy's to the truth's; the share of pairs whose rise ratio is within 1.5x of 1)."""
     rows = [r for r in rows if "decoy_rise_ratio" in r and (scene == "all" or r["scene"] == scene)]
     if not rows:
         return f"| {scene} | 0 | - | - |"
